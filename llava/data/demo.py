@@ -1,0 +1,187 @@
+"""Generated demo data: images of one coloured shape, with captions, questions and held-out answers.
+
+Small enough to train on a CPU in minutes, learnable by a tiny model, and laid out exactly
+like real LLaVA data, so the default launcher runs exercise the real pipeline:
+
+    python -m llava.data.demo --out playground/data/demo
+
+writes into OUT:
+    images/                 PNG files (train_*.png, eval_*.png)
+    pretrain.json           stage 1: one caption record per training image (plain template layout)
+    finetune.json           stage 2: question-answer conversations (multi-turn, plus a few text-only records)
+    eval_questions.jsonl    held-out questions for `python -m llava.eval.model_vqa`
+    eval_questions.json     the same in the official VQA questions format (for the scorer)
+    eval_annotations.json   official VQA annotations format: 10 human answers per question
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (240, 210, 30),
+    "purple": (140, 50, 170),
+    "orange": (245, 140, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+CAPTION_PROMPTS = ("Describe the image briefly.", "What is in this picture?", "Give a short caption.")
+TEXT_ONLY = (
+    ("How many sides does a triangle have?", "three"),
+    ("How many sides does a square have?", "four"),
+    ("Is a circle round?", "yes"),
+)
+
+
+def draw_shape(shape: str, color: str, size: int, rng: random.Random) -> Image.Image:
+    """One filled shape, large and roughly centred, on a light background."""
+    background = tuple(rng.randint(225, 255) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    extent = rng.uniform(0.55, 0.8) * size
+    cx = rng.uniform(extent / 2, size - extent / 2)
+    cy = rng.uniform(extent / 2, size - extent / 2)
+    box = (cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2)
+    fill = COLORS[color]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+    return image
+
+
+def questions_for(shape: str, color: str, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(category, question, answer) triples about one image."""
+    other = rng.choice([s for s in SHAPES if s != shape])
+    asked = rng.choice([shape, other])
+    return [
+        ("color", "What color is the shape?", color),
+        ("shape", "What shape is in the image?", shape),
+        ("presence", f"Is there a {asked} in the image?", "yes" if asked == shape else "no"),
+    ]
+
+
+def _write_json(path: str, payload) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def generate(out_dir: str, num_train: int = 2000, num_eval: int = 150, image_size: int = 32, seed: int = 0) -> dict:
+    """Write the demo dataset; returns the paths written. Same arguments, same bytes."""
+    rng = random.Random(seed)
+    image_dir = os.path.join(out_dir, "images")
+    os.makedirs(image_dir, exist_ok=True)
+    pretrain, finetune = [], []
+    for i in range(num_train):
+        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+        name = f"train_{i:05d}.png"
+        draw_shape(shape, color, image_size, rng).save(os.path.join(image_dir, name))
+        pretrain.append(
+            {
+                "id": f"cap-{i}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + rng.choice(CAPTION_PROMPTS)},
+                    {"from": "gpt", "value": f"A {color} {shape}."},
+                ],
+            }
+        )
+        qa = questions_for(shape, color, rng)
+        rng.shuffle(qa)
+        turns = []
+        for turn, (_, question, answer) in enumerate(qa[: rng.randint(1, len(qa))]):
+            prefix = "<image>\n" if turn == 0 else ""
+            turns += [
+                {"from": "human", "value": f"{prefix}{question}\n{SHORT_ANSWER_PROMPT}"},
+                {"from": "gpt", "value": answer},
+            ]
+        finetune.append({"id": f"qa-{i}", "image": name, "conversations": turns})
+        if i % 50 == 0:  # a few text-only records, as real instruction data has
+            question, answer = TEXT_ONLY[(i // 50) % len(TEXT_ONLY)]
+            finetune.append(
+                {
+                    "id": f"text-{i}",
+                    "conversations": [
+                        {"from": "human", "value": f"{question}\n{SHORT_ANSWER_PROMPT}"},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
+
+    eval_lines, vqa_questions, annotations = [], [], []
+    question_id = 0
+    for i in range(num_eval):
+        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+        name = f"eval_{i:05d}.png"
+        draw_shape(shape, color, image_size, rng).save(os.path.join(image_dir, name))
+        for category, question, answer in questions_for(shape, color, rng):
+            eval_lines.append(
+                {
+                    "question_id": question_id,
+                    "image": name,
+                    "text": f"{question}\n{SHORT_ANSWER_PROMPT}",
+                    "category": category,
+                }
+            )
+            vqa_questions.append({"image_id": i, "question": question, "question_id": question_id})
+            annotations.append(
+                {
+                    "image_id": i,
+                    "question_id": question_id,
+                    "question_type": category,
+                    "answer_type": "yes/no" if category == "presence" else "other",
+                    "answers": [
+                        {"answer": answer, "raw_answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
+                        for k in range(10)
+                    ],
+                }
+            )
+            question_id += 1
+
+    paths = {
+        "image_folder": image_dir,
+        "pretrain": os.path.join(out_dir, "pretrain.json"),
+        "finetune": os.path.join(out_dir, "finetune.json"),
+        "eval_questions_jsonl": os.path.join(out_dir, "eval_questions.jsonl"),
+        "eval_questions": os.path.join(out_dir, "eval_questions.json"),
+        "eval_annotations": os.path.join(out_dir, "eval_annotations.json"),
+    }
+    _write_json(paths["pretrain"], pretrain)
+    _write_json(paths["finetune"], finetune)
+    _write_json(paths["eval_questions"], {"questions": vqa_questions})
+    _write_json(paths["eval_annotations"], {"annotations": annotations})
+    tmp = paths["eval_questions_jsonl"] + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in eval_lines)
+    os.replace(tmp, paths["eval_questions_jsonl"])
+    return paths
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="playground/data/demo")
+    parser.add_argument("--num-train", type=int, default=2000, help="training images")
+    parser.add_argument("--num-eval", type=int, default=150, help="held-out images (3 questions each)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = generate(args.out, args.num_train, args.num_eval, args.image_size, args.seed)
+    print(f"wrote demo data to {args.out}: {args.num_train} training images, {args.num_eval * 3} held-out questions")
+    for key, path in paths.items():
+        print(f"  {key}: {path}")
+
+
+if __name__ == "__main__":
+    main()
