@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny offline checkpoints built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BACKBONES = ("phi", "llama", "opt", "mpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    from llava.model.tiny import save_tiny_vision_tower
+
+    return save_tiny_vision_tower(str(tmp_path_factory.mktemp("tiny-clip")))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """`tiny_llm("phi")` -> path of a tiny plain LLM checkpoint with its tokenizer (cached per backbone)."""
+    from llava.model.tiny import save_tiny_llm
+
+    cache: dict[str, str] = {}
+
+    def make(backbone: str) -> str:
+        if backbone not in cache:
+            cache[backbone] = save_tiny_llm(backbone, str(tmp_path_factory.mktemp(f"tiny-{backbone}")))
+        return cache[backbone]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict:
+    """A small generated shapes dataset (paths as returned by `llava.data.demo.generate`)."""
+    from llava.data.demo import generate
+
+    return generate(str(tmp_path_factory.mktemp("demo")), num_train=64, num_eval=8)
