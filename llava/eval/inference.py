@@ -1,0 +1,201 @@
+"""Prompt building and (batched, streaming) generation shared by model_vqa, the CLI and the web demo.
+
+    engine = InferenceEngine.from_pretrained("checkpoints/llava-phi")
+    conv = engine.new_conversation()
+    engine.add_user_turn(conv, "What colour is the shape?", has_image=True)
+    answer = engine.generate([engine.prepare(conv, image)])[0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from threading import Thread
+from typing import Iterator, Sequence
+
+import torch
+from transformers import TextIteratorStreamer
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from llava.conversation import Conversation, get_conv_template
+from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, strip_stop_str, tokenizer_image_token
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """Official LLaVA's model id: the directory name, with its parent for `checkpoint-N` dirs."""
+    parts = os.path.normpath(model_path).split(os.sep)
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One request ready for the model: token ids (IMAGE_TOKEN_INDEX at the image) and its pixels."""
+
+    input_ids: torch.Tensor  # (T,)
+    image: torch.Tensor | None  # (C, H, W) or None for a text-only request
+    prompt: str
+
+
+@dataclasses.dataclass
+class GenerationSettings:
+    temperature: float = 0.0
+    top_p: float | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 128
+
+    def generate_kwargs(self) -> dict:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, use_cache=True)
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature)
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        else:
+            kwargs["do_sample"] = False
+        return kwargs
+
+
+class InferenceEngine:
+    def __init__(self, tokenizer, model, image_processor, context_len: int, conv_mode: str | None = None):
+        self.tokenizer, self.model, self.image_processor, self.context_len = tokenizer, model, image_processor, context_len
+        if conv_mode is None:
+            from llava.model.registry import backbone_for_config
+
+            conv_mode = backbone_for_config(model.config).conv_template
+        get_conv_template(conv_mode)  # unknown names fail here, listing the choices
+        self.conv_mode = conv_mode
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str,
+        model_base: str | None = None,
+        conv_mode: str | None = None,
+        load_4bit: bool = False,
+        load_8bit: bool = False,
+        device: str | None = None,
+    ) -> "InferenceEngine":
+        from llava.model.builder import load_pretrained_model
+
+        tokenizer, model, image_processor, context_len = load_pretrained_model(
+            model_path, model_base, load_4bit=load_4bit, load_8bit=load_8bit, device=device
+        )
+        return cls(tokenizer, model, image_processor, context_len, conv_mode)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def new_conversation(self) -> Conversation:
+        return get_conv_template(self.conv_mode)
+
+    def image_prefix(self) -> str:
+        if getattr(self.model.config, "mm_use_im_start_end", False):
+            return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n"
+        return DEFAULT_IMAGE_TOKEN + "\n"
+
+    def add_user_turn(self, conv: Conversation, text: str, has_image: bool) -> None:
+        """Append a user message (with the image marker, as official LLaVA does) and an open assistant turn."""
+        conv.append_message(conv.roles[0], (self.image_prefix() + text) if has_image else text)
+        conv.append_message(conv.roles[1], None)
+
+    def prepare(self, conv: Conversation, image=None) -> Prepared:
+        """Tokenise the conversation's prompt and process its image (path, bytes or PIL)."""
+        prompt = conv.get_prompt()
+        input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+        pixels = None
+        if image is not None:
+            pixels = process_images([load_image(image)], self.image_processor, self.model.config)[0]
+        return Prepared(input_ids, pixels, prompt)
+
+    # -- generation ------------------------------------------------------------------------------
+    def _batch(self, items: Sequence[Prepared]) -> dict:
+        """Left-pad a batch (decoder-only generation continues from the right edge)."""
+        pad_id = self.tokenizer.pad_token_id
+        width = max(len(item.input_ids) for item in items)
+        input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, width - len(item.input_ids) :] = item.input_ids
+            attention_mask[row, width - len(item.input_ids) :] = 1
+        images = [item.image for item in items if item.image is not None]
+        pixels = None
+        if images:
+            tower = self.model.get_vision_tower()
+            pixels = torch.stack(images).to(device=self.device, dtype=tower.dtype)
+        return dict(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), images=pixels)
+
+    def _generate_kwargs(self, batch: dict, settings: GenerationSettings, stop_str: str) -> dict:
+        stopping = KeywordsStoppingCriteria([stop_str], self.tokenizer)
+        return dict(
+            **batch,
+            **settings.generate_kwargs(),
+            stopping_criteria=[stopping],
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def generate(
+        self, items: Sequence[Prepared], settings: GenerationSettings | None = None, stop_str: str | None = None
+    ) -> list[str]:
+        """Answers for a batch of prepared requests, cut at the template's stop string."""
+        settings = settings or GenerationSettings()
+        stop_str = stop_str if stop_str is not None else self.new_conversation().stop_str
+        batch = self._batch(items)
+        with torch.inference_mode():
+            output_ids = self.model.generate(**self._generate_kwargs(batch, settings, stop_str))
+        texts = self.tokenizer.batch_decode(output_ids, skip_special_tokens=False)
+        return [self._clean(text, stop_str) for text in texts]
+
+    def stream(
+        self, item: Prepared, settings: GenerationSettings | None = None, stop_str: str | None = None
+    ) -> Iterator[str]:
+        """Yield the answer as it grows (text so far, stop string and special tokens removed)."""
+        settings = settings or GenerationSettings()
+        stop_str = stop_str if stop_str is not None else self.new_conversation().stop_str
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=600)
+        kwargs = self._generate_kwargs(self._batch([item]), settings, stop_str)
+        thread = Thread(target=self._generate_in_thread, kwargs=dict(streamer=streamer, **kwargs), daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            visible = self._visible(text, stop_str)
+            if visible is not None:
+                yield visible
+            if stop_str and stop_str in text:
+                break
+        thread.join()
+        if self._error is not None:
+            raise self._error
+        yield self._clean(text, stop_str)
+
+    _error: BaseException | None = None
+
+    def _generate_in_thread(self, **kwargs) -> None:
+        self._error = None
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        except BaseException as exc:  # surfaced by stream() in the caller's thread
+            self._error = exc
+            kwargs["streamer"].end()
+
+    def _clean(self, text: str, stop_str: str) -> str:
+        text = strip_stop_str(text, stop_str)
+        for token in self.tokenizer.all_special_tokens:
+            text = text.replace(token, "")
+        return text.strip()
+
+    def _visible(self, text: str, stop_str: str) -> str | None:
+        """The part of a partial answer that cannot turn into the stop string; None if nothing new is safe."""
+        if stop_str:
+            if stop_str in text:
+                text = text[: text.index(stop_str)]
+            else:  # hold back a tail that might be the start of the stop string
+                for k in range(min(len(stop_str) - 1, len(text)), 0, -1):
+                    if stop_str.startswith(text[-k:]):
+                        text = text[:-k]
+                        break
+        return self._clean(text, "") if text.strip() else None

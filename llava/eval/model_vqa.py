@@ -1,0 +1,191 @@
+"""Answer a benchmark's questions with a LLaVA checkpoint (official LLaVA's `model_vqa`, batched).
+
+    python -m llava.eval.model_vqa --model-path checkpoints/llava-phi \
+        --question-file playground/data/demo/eval_questions.jsonl \
+        --image-folder playground/data/demo/images --answers-file answers.jsonl
+
+Questions JSONL: `question_id, image, text[, category]`. Answers JSONL (one line per question):
+`question_id, prompt, text, answer_id, model_id, metadata`. Question ids already in the answers
+file are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+import uuid
+
+from tqdm import tqdm
+
+from llava.eval.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
+
+logger = logging.getLogger(__name__)
+
+
+def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
+    """The `chunk_idx`-th of `num_chunks` contiguous slices (official LLaVA's split for multi-GPU runs)."""
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx {chunk_idx} must be in [0, --num-chunks={num_chunks})")
+    size = math.ceil(len(items) / num_chunks) if items else 0
+    return items[chunk_idx * size : (chunk_idx + 1) * size] if size else []
+
+
+def read_questions(path: str) -> list[dict]:
+    questions = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no} is not valid JSON: {exc}") from None
+            missing = [key for key in ("question_id", "text") if key not in record]
+            if missing:
+                raise ValueError(f"{path}:{line_no} lacks {missing}; each question needs question_id, image, text")
+            questions.append(record)
+    return questions
+
+
+def answered_ids(path: str) -> set:
+    """Question ids already answered in `path`; a half-written last line (killed run) is ignored."""
+    done = set()
+    if not os.path.exists(path):
+        return done
+    with open(path) as f:
+        for line in f:
+            try:
+                done.add(json.loads(line)["question_id"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return done
+
+
+def _truncate_partial_line(path: str) -> None:
+    """Drop an unterminated last line so appended answers start on a fresh line."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool) -> list[dict]:
+    """Check every image exists before spending time on generation."""
+    kept, missing = [], []
+    for q in questions:
+        if q.get("image"):
+            path = os.path.join(image_folder, q["image"])
+            if not os.path.exists(path):
+                missing.append((q["question_id"], path))
+                continue
+        kept.append(q)
+    if missing and not skip_missing:
+        qid, path = missing[0]
+        raise FileNotFoundError(
+            f"image for question {qid!r} not found: {path} ({len(missing)} question(s) have missing images). "
+            "Check --image-folder, or pass --skip-missing-images to leave them unanswered."
+        )
+    if missing:
+        logger.warning(
+            "skipping %d question(s) whose image is missing (first: %r -> %s)", len(missing), *missing[0]
+        )
+    return kept
+
+
+def eval_model(args) -> dict:
+    chunk = get_chunk(read_questions(args.question_file), args.num_chunks, args.chunk_idx)
+    questions = resolve_images(chunk, args.image_folder, args.skip_missing_images)
+    skipped_missing = len(chunk) - len(questions)
+    done = answered_ids(args.answers_file)
+    todo = [q for q in questions if q["question_id"] not in done]
+
+    engine = InferenceEngine.from_pretrained(
+        args.model_path, args.model_base, args.conv_mode, load_4bit=args.load_4bit, load_8bit=args.load_8bit
+    )
+    model_id = get_model_name_from_path(args.model_path)
+    settings = GenerationSettings(args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
+    _truncate_partial_line(args.answers_file)
+    start = time.perf_counter()
+    with open(args.answers_file, "a") as out, tqdm(total=len(todo), desc="model_vqa", unit="q") as bar:
+        for i in range(0, len(todo), args.batch_size):
+            batch = todo[i : i + args.batch_size]
+            prepared = []
+            for q in batch:
+                conv = engine.new_conversation()
+                engine.add_user_turn(conv, q["text"], has_image=bool(q.get("image")))
+                image = os.path.join(args.image_folder, q["image"]) if q.get("image") else None
+                try:
+                    prepared.append(engine.prepare(conv, image))
+                except (OSError, ValueError) as exc:
+                    raise ValueError(f"question {q['question_id']!r}: {exc}") from exc
+            answers = engine.generate(prepared, settings)
+            for q, answer in zip(batch, answers):
+                record = {
+                    "question_id": q["question_id"],
+                    "prompt": q["text"],
+                    "text": answer,
+                    "answer_id": uuid.uuid4().hex,
+                    "model_id": model_id,
+                    "metadata": {},
+                }
+                out.write(json.dumps(record) + "\n")
+            out.flush()  # each finished batch survives an interruption
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - start
+    summary = {
+        "answered": len(todo),
+        "already_done": len(questions) - len(todo),
+        "skipped_missing_image": skipped_missing,
+        "seconds": round(elapsed, 2),
+        "questions_per_second": round(len(todo) / elapsed, 2) if todo and elapsed > 0 else None,
+    }
+    print(
+        f"model_vqa: answered {summary['answered']} question(s) in {elapsed:.1f}s "
+        f"({summary['questions_per_second']} q/s, batch size {args.batch_size}); "
+        f"{summary['already_done']} already in {args.answers_file}; "
+        f"{summary['skipped_missing_image']} skipped for missing images"
+    )
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
+    parser.add_argument("--image-folder", default="")
+    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--answers-file", required=True)
+    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate() call (left-padded)")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument(
+        "--skip-missing-images", action="store_true", help="leave questions whose image is missing unanswered (counted)"
+    )
+    return parser
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be at least 1")
+    return eval_model(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Test helpers: build a "trained" LLaVA checkpoint directly, without the training code.
+
+The checkpoint is laid out as `train.py` writes it (save_pretrained dir with the LLaVA config
+fields, tokenizer and image processor), so evaluation, serving and export tests go through
+`load_pretrained_model` exactly as a user's checkpoint would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from PIL import Image
+
+
+def make_llava_checkpoint(
+    out_dir: str,
+    llm_path: str,
+    clip_path: str,
+    backbone: str = "phi",
+    projector: str = "mlp2x_gelu",
+    select_feature: str = "patch",
+    select_layer: int = -2,
+    image_aspect_ratio: str = "square",
+    mm_use_im_start_end: bool = False,
+    projector_scale: float = 8.0,
+    seed: int = 0,
+) -> str:
+    """Save a random-init LLaVA model built from a tiny LLM + tiny CLIP to `out_dir`.
+
+    `projector_scale` enlarges the projector's weights so image features dominate the tiny
+    LLM's hidden states: greedy answers then differ from image to image, which is what
+    batched-vs-unbatched and export-parity tests need to be meaningful.
+    """
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    from llava.model.builder import ensure_pad_token
+    from llava.model.registry import get_backbone
+
+    torch.manual_seed(seed)
+    model = get_backbone(backbone).model_class.from_pretrained(llm_path, dtype=torch.float32)
+    model.get_model().initialize_vision_modules(
+        vision_tower=clip_path,
+        mm_projector_type=projector,
+        mm_vision_select_layer=select_layer,
+        mm_vision_select_feature=select_feature,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(llm_path)
+    ensure_pad_token(tokenizer)
+    model.initialize_vision_tokenizer(tokenizer, mm_use_im_start_end=mm_use_im_start_end)
+    with torch.no_grad():
+        for param in model.get_model().mm_projector.parameters():
+            param.mul_(projector_scale)
+    model.config.image_aspect_ratio = image_aspect_ratio
+    model.config.tokenizer_model_max_length = 512
+    model.config.tokenizer_padding_side = "right"
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    CLIPImageProcessor.from_pretrained(clip_path).save_pretrained(out_dir)
+    return out_dir
+
+
+def write_questions(path: str, records: list[dict]) -> str:
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def solid_image(path: str, color=(200, 30, 30), size=(40, 32)) -> str:
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+_CHECKPOINTS: dict[tuple, str] = {}
+
+
+def cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, backbone: str = "phi", **options) -> str:
+    """`make_llava_checkpoint` once per test session for each (backbone, options)."""
+    key = (backbone, tuple(sorted(options.items())))
+    if key not in _CHECKPOINTS:
+        out = str(tmp_path_factory.mktemp(f"llava-{backbone}"))
+        _CHECKPOINTS[key] = make_llava_checkpoint(out, tiny_llm(backbone), tiny_clip, backbone=backbone, **options)
+    return _CHECKPOINTS[key]

@@ -1,0 +1,92 @@
+"""model_vqa: official file formats, batched = unbatched under greedy decoding, resume, missing images."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from helpers import cached_checkpoint, read_jsonl, write_questions
+from llava.eval import model_vqa
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_llm, tiny_clip):
+    return cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi")
+
+
+@pytest.fixture(scope="module")
+def questions(demo_data, tmp_path_factory):
+    """The demo eval questions with padding words of different lengths, so left padding is exercised."""
+    records = read_jsonl(demo_data["eval_questions_jsonl"])[:8]  # one question per eval image
+    for i, record in enumerate(records):
+        record["text"] = " ".join(["please"] * (i % 4) + [record["text"]])
+    path = str(tmp_path_factory.mktemp("questions") / "questions.jsonl")
+    return write_questions(path, records)
+
+
+def run(checkpoint, questions, demo_data, answers, *extra):
+    return model_vqa.main(
+        [
+            "--model-path", checkpoint,
+            "--question-file", questions,
+            "--image-folder", demo_data["image_folder"],
+            "--answers-file", answers,
+            "--max_new_tokens", "5",
+            *extra,
+        ]
+    )
+
+
+def test_batched_answers_equal_unbatched_and_files_follow_official_format(checkpoint, questions, demo_data, tmp_path):
+    single, batched = str(tmp_path / "b1.jsonl"), str(tmp_path / "b3.jsonl")
+    run(checkpoint, questions, demo_data, single, "--batch-size", "1")
+    summary = run(checkpoint, questions, demo_data, batched, "--batch-size", "3")  # 8 questions: batches 3, 3, 2
+    assert summary["answered"] == 8
+
+    one, many = read_jsonl(single), read_jsonl(batched)
+    expected_ids = [q["question_id"] for q in read_jsonl(questions)]
+    assert [a["question_id"] for a in many] == expected_ids
+    assert [a["text"] for a in one] == [a["text"] for a in many]
+    assert len({a["text"] for a in many}) > 1, "answers should vary per image for this test to mean anything"
+    for answer, question in zip(many, read_jsonl(questions)):
+        assert set(answer) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        assert answer["prompt"] == question["text"]
+        assert answer["model_id"] == os.path.basename(checkpoint)
+        assert "<|endoftext|>" not in answer["text"]  # phi template's stop string is stripped
+    assert len({a["answer_id"] for a in many}) == 8
+
+
+def test_resume_skips_answered_ids_and_drops_a_half_written_line(checkpoint, questions, demo_data, tmp_path):
+    answers = str(tmp_path / "answers.jsonl")
+    done = [{"question_id": q["question_id"], "prompt": q["text"], "text": "kept", "answer_id": f"old{i}",
+             "model_id": "m", "metadata": {}} for i, q in enumerate(read_jsonl(questions)[:3])]
+    with open(answers, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in done)
+        f.write('{"question_id": "half-writ')  # a run killed mid-write
+    summary = run(checkpoint, questions, demo_data, answers, "--batch-size", "4")
+    assert summary["answered"] == 5 and summary["already_done"] == 3
+    records = read_jsonl(answers)
+    assert [r["answer_id"] for r in records[:3]] == ["old0", "old1", "old2"]
+    assert sorted(r["question_id"] for r in records) == sorted(q["question_id"] for q in read_jsonl(questions))
+    # A second run has nothing left to do.
+    assert run(checkpoint, questions, demo_data, answers)["answered"] == 0
+
+
+def test_missing_image_is_an_error_naming_the_question_or_a_counted_skip(checkpoint, questions, demo_data, tmp_path):
+    records = read_jsonl(questions)[:3]
+    records[1]["image"] = "no_such_image.png"
+    broken = write_questions(str(tmp_path / "q.jsonl"), records)
+    with pytest.raises(FileNotFoundError, match=rf"question {records[1]['question_id']!r}.*--skip-missing-images"):
+        run(checkpoint, broken, demo_data, str(tmp_path / "a.jsonl"))
+    summary = run(checkpoint, broken, demo_data, str(tmp_path / "a.jsonl"), "--skip-missing-images")
+    assert summary["answered"] == 2 and summary["skipped_missing_image"] == 1
+
+
+def test_chunks_partition_the_questions():
+    items = list(range(10))
+    chunks = [model_vqa.get_chunk(items, 3, k) for k in range(3)]
+    assert chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="--chunk-idx"):
+        model_vqa.get_chunk(items, 3, 3)
