@@ -1,0 +1,116 @@
+"""Command-line arguments, with official LLaVA's flag names plus every HF `TrainingArguments` flag."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+TRAIN_MODULES = ("projector", "lora", "llm", "vision_tower", "lm_head")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "plain LLM checkpoint (or a LLaVA checkpoint) to start from"})
+    backbone: str | None = field(
+        default=None, metadata={"help": "phi, llama, opt or mpt; default: read from the checkpoint's config"}
+    )
+    version: str | None = field(
+        default=None, metadata={"help": "conversation template (plain for stage 1); default: the backbone's"}
+    )
+    vision_tower: str = field(default=None, metadata={"help": "CLIP vision tower directory or cached name"})
+    mm_projector_type: str = field(default="linear", metadata={"help": "linear, mlp2x_gelu, simple_resblock, identity"})
+    mm_vision_select_layer: int = field(default=-2)
+    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch or cls_patch"})
+    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "stage-1 mm_projector.bin"})
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=False)
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "stage 1: train the projector only"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "keep the LLM frozen (drops 'llm')"})
+    train_modules: str | None = field(
+        default=None,
+        metadata={"help": f"comma list among {', '.join(TRAIN_MODULES)}; default from the official flags"},
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "LLaVA JSON (or JSONL) training records"})
+    eval_data_path: str | None = field(default=None, metadata={"help": "records for eval_loss during training"})
+    image_folder: str | None = field(default=None, metadata={"help": "root that record 'image' paths are relative to"})
+    image_aspect_ratio: str = field(default="square", metadata={"help": "pad (LLaVA-1.5) or square"})
+    lazy_preprocess: bool = field(
+        default=True, metadata={"help": "tokenise and load images per step; False tokenises every record upfront"}
+    )
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "drop bad records (counted and logged) instead of stopping with an error"}
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(default=2048, metadata={"help": "longest sequence, image patches included"})
+    group_by_modality_length: bool = field(
+        default=False, metadata={"help": "batches are all-image or all-text, grouped by length"}
+    )
+    mm_projector_lr: float | None = field(default=None, metadata={"help": "projector learning rate (default: --learning_rate)"})
+    lora_enable: bool = field(default=False)
+    lora_r: int = field(default=64)
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.05)
+    lora_bias: str = field(default="none", metadata={"help": "none, all or lora_only"})
+    bits: int = field(default=16, metadata={"help": "4 or 8 loads the LLM quantized (QLoRA); 16/32 does not"})
+    double_quant: bool = field(default=True, metadata={"help": "4-bit: quantize the quantization constants too"})
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit: nf4 or fp4"})
+    # Defaults that differ from HF's, because LLaVA batches carry `images` and eval only needs the loss.
+    remove_unused_columns: bool = field(default=False)
+    prediction_loss_only: bool = field(default=True)
+    # Without a GPU, train on the CPU (DeepSpeed included, over gloo) instead of failing to find CUDA.
+    use_cpu: bool | None = field(default=None, metadata={"help": "default: True when no GPU is visible"})
+
+    def __post_init__(self):
+        if self.use_cpu is None:
+            self.use_cpu = not torch.cuda.is_available()
+        if self.use_cpu and self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self.ddp_backend = "gloo"
+        if self.use_cpu and self.fp16:
+            raise ValueError("--fp16 is not supported on the CPU; use --bf16 True or full precision")
+        super().__post_init__()
+
+
+def parse_args(args=None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=args)
+    missing = [name for name, value in (("--model_name_or_path", model_args.model_name_or_path),
+                                        ("--vision_tower", model_args.vision_tower),
+                                        ("--data_path", data_args.data_path)) if not value]
+    if missing:
+        parser.error(f"required: {', '.join(missing)}")
+    return model_args, data_args, training_args
+
+
+def resolve_train_modules(model_args: ModelArguments, training_args: TrainingArguments) -> frozenset[str]:
+    """What trains: --train_modules if given, else the official flags' meaning."""
+    if model_args.train_modules:
+        modules = {m.strip() for m in model_args.train_modules.split(",") if m.strip()}
+        unknown = modules - set(TRAIN_MODULES)
+        if unknown:
+            raise ValueError(f"--train_modules: unknown {sorted(unknown)}; choose among {', '.join(TRAIN_MODULES)}")
+    elif model_args.tune_mm_mlp_adapter:
+        modules = {"projector"}
+    elif training_args.lora_enable:
+        modules = {"projector", "lora"}
+    else:
+        modules = {"projector", "llm"}
+    if model_args.freeze_backbone:
+        modules.discard("llm")
+    if "lora" in modules and "llm" in modules:
+        raise ValueError("--train_modules: 'lora' and 'llm' exclude each other (LoRA adapts a frozen LLM)")
+    if training_args.bits in (4, 8) and "llm" in modules:
+        raise ValueError(f"--bits {training_args.bits} quantizes the LLM, which then cannot train fully; add --lora_enable True")
+    if not modules:
+        raise ValueError("nothing to train: --train_modules is empty")
+    return frozenset(modules)

@@ -1,0 +1,188 @@
+"""Lazy LLaVA dataset: records are checked upfront, tokenised and their images loaded per step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import Dataset
+
+from llava.mm_utils import load_image, process_images
+from llava.train.preprocess import InvalidRecord, Sample, check_conversation, preprocess
+
+logger = logging.getLogger(__name__)
+
+# Rough tokens per word, used only to group similar lengths together.
+_IMAGE_LENGTH_BONUS = 128
+
+
+def read_records(path: str) -> list:
+    """A LLaVA JSON list, or JSONL with one record per line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} does not exist; check --data_path / --eval_data_path")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            records = []
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path} line {n} is not valid JSON: {e}") from None
+            return records
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); JSONL files must end in .jsonl") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of records")
+    return records
+
+
+def image_paths(record) -> list[str]:
+    image = record.get("image")
+    if image is None:
+        return []
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+@dataclass
+class DataStats:
+    """What happened to the records, reported at the end of the run."""
+
+    total: int = 0
+    skipped: dict = field(default_factory=dict)  # reason -> count
+    truncated: int = 0
+
+    def skip(self, error: InvalidRecord) -> None:
+        reason = error.reason.split(";")[0][:80]
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+class LazySupervisedDataset(Dataset):
+    """LLaVA records -> {"input_ids", "labels", "images"}; bad records raise or are skipped and counted."""
+
+    def __init__(
+        self,
+        data_path: str,
+        tokenizer,
+        template: str,
+        image_folder: str | None = None,
+        image_processor=None,
+        model_config=None,
+        max_length: int | None = None,
+        image_tokens: int = 1,
+        mm_use_im_start_end: bool = False,
+        skip_invalid: bool = False,
+        lazy: bool = True,
+    ):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.image_folder = image_folder or ""
+        self.image_processor = image_processor
+        self.model_config = model_config
+        self.max_length = max_length
+        self.image_tokens = image_tokens
+        self.mm_use_im_start_end = mm_use_im_start_end
+        self.skip_invalid = skip_invalid
+        self.stats = DataStats()
+        self.records = self._validate(read_records(data_path), data_path)
+        self._cache = None if lazy else [self._build(i) for i in range(len(self.records))]
+
+    # -- upfront checks ----------------------------------------------------------------------
+    def _validate(self, records: list, data_path: str) -> list:
+        """Cheap checks over every record (structure, roles, markers, image files) before step 1."""
+        kept = []
+        self.stats.total = len(records)
+        for n, record in enumerate(records):
+            record_id = record.get("id", f"#{n}") if isinstance(record, dict) else f"#{n}"
+            try:
+                if not isinstance(record, dict):
+                    raise InvalidRecord(record_id, "is not a JSON object")
+                paths = image_paths(record)
+                if paths and self.image_processor is None:
+                    raise InvalidRecord(record_id, "has an image but the model has no vision tower")
+                check_conversation(record_id, record.get("conversations"), len(paths))
+                for path in paths:
+                    full = os.path.join(self.image_folder, path)
+                    if not os.path.isfile(full):
+                        raise InvalidRecord(record_id, f"image {full} does not exist; check --image_folder")
+            except InvalidRecord as error:
+                if not self.skip_invalid:
+                    raise InvalidRecord(
+                        record_id, f"{error.reason} (in {data_path}; pass --skip_invalid True to skip such records)"
+                    ) from None
+                self.stats.skip(error)
+                logger.warning("skipping %s", error)
+                continue
+            kept.append(record)
+        if not kept:
+            raise ValueError(f"{data_path}: no valid record left out of {len(records)}")
+        return kept
+
+    # -- lengths for grouped sampling -------------------------------------------------------
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Approximate length; negative for text-only records (official LLaVA's convention)."""
+        lengths = []
+        for record in self.records:
+            words = sum(len(turn["value"].split()) for turn in record["conversations"])
+            lengths.append(words + _IMAGE_LENGTH_BONUS if image_paths(record) else -words)
+        return lengths
+
+    @property
+    def lengths(self) -> list[int]:
+        return [abs(n) for n in self.modality_lengths]
+
+    # -- samples ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._cache is not None:
+            return self._cache[i]
+        # With --skip_invalid a bad record is replaced by the next good one (and counted).
+        for attempt in range(len(self.records)):
+            index = (i + attempt) % len(self.records)
+            try:
+                return self._build(index)
+            except InvalidRecord as error:
+                if not self.skip_invalid:
+                    raise
+                self.stats.skip(error)
+                logger.warning("skipping %s", error)
+        raise RuntimeError("every record failed to load; see the warnings above")
+
+    def _build(self, index: int) -> dict:
+        record = self.records[index]
+        record_id = record.get("id", f"#{index}")
+        paths = image_paths(record)
+        images = [self._load_image(record_id, path) for path in paths]
+        sample: Sample = preprocess(
+            record["conversations"],
+            self.tokenizer,
+            self.template,
+            record_id=record_id,
+            num_images=len(images),
+            mm_use_im_start_end=self.mm_use_im_start_end,
+            max_length=self.max_length,
+            image_tokens=self.image_tokens,
+        )
+        if sample.truncated:
+            self.stats.truncated += 1
+        item = {"input_ids": sample.input_ids, "labels": sample.labels}
+        if images:
+            item["images"] = process_images(images, self.image_processor, self.model_config)
+        return item
+
+    def _load_image(self, record_id, path: str):
+        full = os.path.join(self.image_folder, path)
+        try:
+            return load_image(full)
+        except (OSError, ValueError) as e:
+            raise InvalidRecord(record_id, f"image {full} cannot be read ({e})") from None
+
+

@@ -1,0 +1,138 @@
+"""One preprocess for every template: conversation record -> (input_ids, labels).
+
+The template renders the conversation and reports the character spans of what the
+assistant must learn (each answer plus its end separator). A token is trained iff its
+character span overlaps one of those spans, so the mask is right for any tokenizer
+(BPE or SentencePiece, pad == eos or not) without per-template arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.conversation import get_conv_template
+from llava.mm_utils import tokenizer_image_token
+
+HUMAN_ROLES = ("human", "user")
+ASSISTANT_ROLES = ("gpt", "assistant")
+
+
+class InvalidRecord(ValueError):
+    """A training record that cannot become a sample; the message names it and says what to fix."""
+
+    def __init__(self, record_id, reason: str):
+        super().__init__(f"record {record_id!r}: {reason}")
+        self.record_id = record_id
+        self.reason = reason
+
+
+@dataclass
+class Sample:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    truncated: bool
+
+
+def check_conversation(record_id, conversations, num_images: int) -> None:
+    """Structure checks that need no tokenizer (run upfront over the whole dataset)."""
+    if not isinstance(conversations, list) or not conversations:
+        raise InvalidRecord(record_id, "'conversations' must be a non-empty list of {'from', 'value'} turns")
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
+            raise InvalidRecord(record_id, f"turn {i} is not a {{'from': ..., 'value': str}} object")
+        expected = HUMAN_ROLES if i % 2 == 0 else ASSISTANT_ROLES
+        if turn["from"] not in expected:
+            raise InvalidRecord(
+                record_id,
+                f"turn {i} is from {turn['from']!r} but turns must alternate human, gpt, human, gpt, ... "
+                "starting with the human",
+            )
+    if len(conversations) < 2:
+        raise InvalidRecord(record_id, "the conversation has no assistant ('gpt') turn to learn from")
+    markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in conversations)
+    if markers > num_images:
+        raise InvalidRecord(
+            record_id, f"{markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} image(s); give one image per marker"
+        )
+    if any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in conversations[1:]) and num_images == 1:
+        raise InvalidRecord(record_id, f"the {DEFAULT_IMAGE_TOKEN} marker must be in the first human turn")
+
+
+def place_image_markers(conversations, num_images: int, mm_use_im_start_end: bool) -> list[dict]:
+    """Official LLaVA's convention: a single image goes first in the first human turn, then a newline.
+
+    A record with images but no marker gets them at the front, so converter output without
+    markers still shows the model its image.
+    """
+    turns = [dict(turn) for turn in conversations]
+    first = turns[0]["value"]
+    if num_images == 1 or DEFAULT_IMAGE_TOKEN not in first:
+        if num_images:
+            text = first.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+            turns[0]["value"] = (DEFAULT_IMAGE_TOKEN + "\n") * num_images + text
+    if mm_use_im_start_end:
+        for turn in turns:
+            turn["value"] = turn["value"].replace(
+                DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+            )
+    return turns
+
+
+def preprocess(
+    conversations,
+    tokenizer,
+    template: str,
+    *,
+    record_id=None,
+    num_images: int = 0,
+    mm_use_im_start_end: bool = False,
+    max_length: int | None = None,
+    image_tokens: int = 1,
+) -> Sample:
+    """Tokenise one conversation and mask everything but the assistant's answers.
+
+    `image_tokens` is how many positions one image fills once the model expands it
+    (the tower's patch count), so `max_length` bounds the sequence the LLM really sees.
+    """
+    check_conversation(record_id, conversations, num_images)
+    turns = place_image_markers(conversations, num_images, mm_use_im_start_end)
+    conv = get_conv_template(template)
+    for i, turn in enumerate(turns):
+        conv.append_message(conv.roles[i % 2], turn["value"])
+    prompt, spans = conv.get_prompt_and_targets()
+    ids, offsets = tokenizer_image_token(prompt, tokenizer, return_offsets=True)
+
+    labels = [IGNORE_INDEX] * len(ids)
+    span_iter = iter(spans)
+    span = next(span_iter, None)
+    for i, (start, end) in enumerate(offsets):
+        while span is not None and start >= span[1]:
+            span = next(span_iter, None)
+        if span is not None and start >= 0 and start < span[1] and end > span[0]:
+            labels[i] = ids[i]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise InvalidRecord(record_id, "no answer token to learn from (are all assistant answers empty?)")
+
+    truncated = False
+    if max_length is not None:
+        image_positions = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
+        extra = len(image_positions) * (image_tokens - 1)
+        if len(ids) + extra > max_length:
+            keep = max_length - extra
+            if keep <= (image_positions[-1] if image_positions else 0):
+                raise InvalidRecord(
+                    record_id,
+                    f"{len(ids) + extra} tokens with its images expanded; --model_max_length {max_length} "
+                    "would cut into the images. Raise --model_max_length or shorten the first turn.",
+                )
+            ids, labels, truncated = ids[:keep], labels[:keep], True
+            if all(label == IGNORE_INDEX for label in labels):
+                raise InvalidRecord(
+                    record_id,
+                    f"{len(offsets) + extra} tokens; cut to --model_max_length {max_length} no answer token is left. "
+                    "Raise --model_max_length or split the conversation.",
+                )
+    return Sample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), truncated)

@@ -1,0 +1,182 @@
+"""Training recipes: which parts of the LLaVA model train, and how the LLM is loaded.
+
+stage 1 (pretrain) -> projector only
+full               -> projector + the whole LLM
+lora               -> projector + LoRA adapters on the LLM's linear layers
+qlora              -> lora over a 4-bit NF4 (or 8-bit) LLM (--bits 4 / 8)
+The vision tower and lm_head train only when asked (--train_modules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer
+from transformers.integrations import deepspeed as hf_deepspeed
+
+from llava.model.builder import ensure_pad_token
+from llava.model.llava_arch import load_projector_weights
+from llava.model.quantization import bnb_config
+from llava.model.registry import backbone_for_config, backbone_names, get_backbone
+from llava.train.checkpoint import gathered
+
+logger = logging.getLogger(__name__)
+
+VISION_PARTS = ("vision_tower", "mm_projector")
+
+
+def resolve_backbone(model_args):
+    if model_args.backbone:
+        if model_args.backbone not in backbone_names():
+            raise ValueError(f"--backbone {model_args.backbone!r} is unknown; choose one of {', '.join(backbone_names())}")
+        return get_backbone(model_args.backbone)
+    return backbone_for_config(AutoConfig.from_pretrained(model_args.model_name_or_path))
+
+
+def compute_dtype(training_args) -> torch.dtype:
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def load_tokenizer(model_args, training_args):
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, model_max_length=training_args.model_max_length, padding_side="right"
+    )
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+@contextlib.contextmanager
+def _outside_zero3():
+    """Build the vision modules as ordinary modules even under ZeRO-3.
+
+    A ZeRO-3-aware `from_pretrained` would hand back partitioned CLIP weights that cannot be
+    copied into the tower; DeepSpeed partitions these modules when the engine starts.
+    """
+    config = hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed._hf_deepspeed_config_weak_ref else None
+    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
+
+
+def lora_target_modules(model) -> str:
+    """A regex for peft: the LLM's linear layers, never lm_head, the vision tower or the projector."""
+    head = model.get_output_embeddings()
+    leaf_names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not head and not any(p in name for p in VISION_PARTS)
+    }
+    if not leaf_names:
+        raise ValueError("found no linear layer in the LLM to put LoRA adapters on")
+    return rf"^(?!.*(?:{'|'.join(VISION_PARTS)})).*\.(?:{'|'.join(sorted(leaf_names))})$"
+
+
+def set_trainable(model, modules: frozenset[str]) -> None:
+    """requires_grad by part; LoRA parameters keep theirs (peft decides them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        in_vision = any(p in name for p in VISION_PARTS)
+        param.requires_grad_("llm" in modules and not in_vision and param.is_floating_point())
+    if "projector" in modules:
+        base.get_model().mm_projector.requires_grad_(True)
+    if "vision_tower" in modules:
+        base.get_vision_tower().vision_tower.requires_grad_(True)
+    if "lm_head" in modules:
+        base.get_output_embeddings().requires_grad_(True)
+
+
+def build_model(model_args, data_args, training_args, modules: frozenset[str]):
+    """(model, tokenizer) ready for the Trainer: LLM + CLIP + projector, parts frozen per `modules`."""
+    backbone = resolve_backbone(model_args)
+    dtype = compute_dtype(training_args)
+    zero3 = hf_deepspeed.is_deepspeed_zero3_enabled()
+    bits = training_args.bits
+    if bits in (4, 8) and zero3:
+        raise ValueError(f"--bits {bits} (QLoRA) does not work under ZeRO-3; use zero2.json")
+
+    kwargs = {"dtype": dtype}
+    if bits in (4, 8):
+        kwargs["quantization_config"] = bnb_config(bits, dtype, training_args.double_quant, training_args.quant_type)
+        kwargs["device_map"] = {"": training_args.device}
+    attn = model_args.attn_implementation or ("eager" if backbone.name == "mpt" else None)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    logger.info("loading %s LLM %s (%s)", backbone.name, model_args.model_name_or_path, dtype)
+    model = backbone.model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model.config.use_cache = False
+    tokenizer = load_tokenizer(model_args, training_args)
+
+    with _outside_zero3():
+        model.get_model().initialize_vision_modules(
+            vision_tower=model_args.vision_tower,
+            mm_projector_type=model_args.mm_projector_type,
+            mm_vision_select_layer=model_args.mm_vision_select_layer,
+            mm_vision_select_feature=model_args.mm_vision_select_feature,
+        )
+    tower = model.get_vision_tower()
+    tower.to(dtype=dtype, device=training_args.device if bits in (4, 8) else None)
+    projector = model.get_model().mm_projector
+    projector.to(dtype=dtype, device=training_args.device if bits in (4, 8) else None)
+    if model_args.pretrain_mm_mlp_adapter:
+        # Gathered, so a partitioned projector (a LLaVA checkpoint under ZeRO-3) loads without size errors.
+        with gathered(list(projector.parameters()), modifier_rank=0):
+            load_projector_weights(projector, model_args.pretrain_mm_mlp_adapter)
+        logger.info("loaded the stage-1 projector from %s", model_args.pretrain_mm_mlp_adapter)
+
+    config = model.config
+    config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.tokenizer_model_max_length = training_args.model_max_length
+    config.tokenizer_padding_side = tokenizer.padding_side
+    added = model.initialize_vision_tokenizer(tokenizer, model_args.mm_use_im_start_end, model_args.mm_use_im_patch_token)
+
+    if bits in (4, 8):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training_args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+        tower.to(dtype=dtype)  # the kbit preparation upcasts every float weight; the frozen tower need not be
+    if "lora" in modules:
+        from peft import LoraConfig, get_peft_model
+
+        lora_config = LoraConfig(
+            r=training_args.lora_r,
+            lora_alpha=training_args.lora_alpha,
+            lora_dropout=training_args.lora_dropout,
+            bias=training_args.lora_bias,
+            target_modules=lora_target_modules(model),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora_config)
+        if training_args.deepspeed and training_args.bf16 and bits not in (4, 8):
+            model.to(torch.bfloat16)  # DeepSpeed asserts on mixed dtypes when it flattens parameters
+    set_trainable(model, modules)
+    if added and "llm" not in modules:
+        # The new <im_start>/<im_end> rows must learn even when the LLM is frozen (as official LLaVA).
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.get_input_embeddings().requires_grad_(True)
+        base.get_output_embeddings().requires_grad_(True)
+    if training_args.gradient_checkpointing:
+        # With frozen embeddings the checkpointed blocks would otherwise get no input gradient.
+        model.enable_input_require_grads()
+    log_trainable(model, modules)
+    return model, tokenizer
+
+
+def log_trainable(model, modules) -> None:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("training %s: %s of %s parameters (%.2f%%)", ",".join(sorted(modules)), f"{trainable:,}", f"{total:,}",
+                100 * trainable / max(total, 1))

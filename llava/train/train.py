@@ -1,0 +1,122 @@
+"""Entry point: `python -m llava.train.train --model_name_or_path ... --vision_tower ... --data_path ...`.
+
+Also launched by `deepspeed llava/train/train.py ...` (scripts/*.sh), as in official LLaVA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import transformers
+
+from llava.train.arguments import parse_args, resolve_train_modules
+from llava.train.collator import DataCollatorForSupervisedDataset
+from llava.train.dataset import LazySupervisedDataset
+from llava.train.recipes import build_model, resolve_backbone
+from llava.train.trainer import LLaVATrainer
+
+logger = logging.getLogger("llava.train")
+
+
+def _init_distributed(training_args) -> None:
+    """ZeRO-3 builds partitioned models, so the process group must exist before the model does."""
+    if not training_args.deepspeed or int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else "nccl")
+
+
+def save_mode(modules) -> str:
+    if "lora" in modules:
+        return "lora"
+    return "projector" if modules == {"projector"} else "full"
+
+
+def build_datasets(data_args, training_args, tokenizer, model, template):
+    tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else model.get_base_model().get_vision_tower()
+    image_processor = tower.load_image_processor()
+    config = model.config
+    common = dict(
+        tokenizer=tokenizer,
+        template=template,
+        image_folder=data_args.image_folder,
+        image_processor=image_processor,
+        model_config=config,
+        max_length=training_args.model_max_length,
+        image_tokens=tower.num_patches,
+        mm_use_im_start_end=config.mm_use_im_start_end,
+        skip_invalid=data_args.skip_invalid,
+        lazy=data_args.lazy_preprocess,
+    )
+    train = LazySupervisedDataset(data_args.data_path, **common)
+    evaluation = LazySupervisedDataset(data_args.eval_data_path, **common) if data_args.eval_data_path else None
+    size = image_processor.crop_size
+    image_shape = (tower.config.num_channels, size["height"], size["width"])
+    return train, evaluation, image_processor, image_shape
+
+
+def summarize(datasets, training_args, result) -> None:
+    """One end-of-run line per dataset: how many records were skipped and truncated, on all ranks."""
+    for name, dataset in datasets:
+        if dataset is None:
+            continue
+        counts = torch.tensor([sum(dataset.stats.skipped.values()), dataset.stats.truncated], dtype=torch.long)
+        if dist.is_initialized():
+            counts = counts.to(training_args.device)
+            dist.all_reduce(counts)
+        if training_args.should_log:
+            reasons = ", ".join(f"{n} x {r}" for r, n in dataset.stats.skipped.items()) or "none"
+            logger.info(
+                "%s data: %d records, %d skipped (%s on rank 0), %d truncated to --model_max_length %d",
+                name, dataset.stats.total, int(counts[0]), reasons, int(counts[1]), training_args.model_max_length,
+            )
+    if training_args.should_log and result is not None:
+        logger.info("done: %d steps, train_loss %.4f, checkpoint in %s",
+                    result.global_step, result.training_loss, training_args.output_dir)
+
+
+def train(args=None, attn_implementation=None):
+    model_args, data_args, training_args = parse_args(args)
+    if attn_implementation and not model_args.attn_implementation:
+        model_args.attn_implementation = attn_implementation
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.should_log else logging.WARNING)
+    modules = resolve_train_modules(model_args, training_args)
+    backbone = resolve_backbone(model_args)
+    template = model_args.version or backbone.conv_template
+
+    _init_distributed(training_args)
+    transformers.set_seed(training_args.seed)  # identical projector init on every rank
+    model, tokenizer = build_model(model_args, data_args, training_args, modules)
+    train_dataset, eval_dataset, image_processor, image_shape = build_datasets(
+        data_args, training_args, tokenizer, model, template
+    )
+    if training_args.should_log:
+        logger.info("%s backbone, template %r, %d training records", backbone.name, template, len(train_dataset))
+
+    trainer = LLaVATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorForSupervisedDataset(tokenizer, image_shape),
+        processing_class=tokenizer,
+        save_mode=save_mode(modules),
+        image_processor=image_processor,
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    summarize([("train", train_dataset), ("eval", eval_dataset)], training_args, result)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    train(sys.argv[1:])

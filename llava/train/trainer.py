@@ -1,0 +1,84 @@
+"""`LLaVATrainer`: the HF Trainer plus LLaVA's sampler, optimizer groups and checkpoint layout."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from transformers import Trainer
+
+from llava.model.builder import load_non_lora_trainables
+from llava.model.llava_arch import load_projector_weights
+from llava.train import checkpoint
+from llava.train.sampler import ModalityLengthGroupedSampler
+
+logger = logging.getLogger(__name__)
+
+
+class LLaVATrainer(Trainer):
+    def __init__(self, *args, save_mode: str = "full", image_processor=None, **kwargs):
+        """`save_mode`: 'projector' (stage 1), 'lora' or 'full' (see llava.train.checkpoint)."""
+        super().__init__(*args, **kwargs)
+        self.save_mode = save_mode
+        self.image_processor = image_processor
+
+    # -- data order --------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.group_by_modality_length:
+            group = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+            return ModalityLengthGroupedSampler(dataset.modality_lengths, group, seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    # -- optimizer ---------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if self.args.mm_projector_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_projector = checkpoint.MM_PROJECTOR in name
+            key = (is_projector, name in decay)
+            if key not in groups:
+                groups[key] = {
+                    "params": [],
+                    "weight_decay": self.args.weight_decay if name in decay else 0.0,
+                    **({"lr": self.args.mm_projector_lr} if is_projector else {}),
+                }
+            groups[key]["params"].append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
+        return self.optimizer
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if self.save_mode == "full":
+            super().save_model(output_dir, _internal_call)
+        else:
+            model = self.accelerator.unwrap_model(self.model)
+            state = checkpoint.trainable_state(model)  # collective under ZeRO-3: every rank takes part
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                if self.save_mode == "projector":
+                    checkpoint.save_projector_checkpoint(model, output_dir, state)
+                else:
+                    checkpoint.save_lora_checkpoint(model, output_dir, state)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+        if self.args.should_save and self.image_processor is not None:
+            self.image_processor.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Used when resuming without DeepSpeed (which restores its own engine state instead).
+        model = self.model if model is None else model
+        mode = checkpoint.checkpoint_mode(resume_from_checkpoint)
+        if mode == "projector":
+            load_projector_weights(model.get_model().mm_projector, os.path.join(resume_from_checkpoint, "mm_projector.bin"))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if mode == "lora":
+            load_non_lora_trainables(model.get_base_model(), os.path.join(resume_from_checkpoint, "non_lora_trainables.bin"))
