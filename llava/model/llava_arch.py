@@ -85,7 +85,7 @@ class LlavaMetaModel:
             tower = CLIPVisionTower(vision_tower, mm_vision_select_layer, mm_vision_select_feature)
             tower.load_model()
             self.vision_tower = tower
-        tower.select_layer, tower.select_feature = mm_vision_select_layer, mm_vision_select_feature
+        tower.select(mm_vision_select_layer, mm_vision_select_feature)
 
         config.mm_vision_tower = vision_tower
         config.mm_vision_config = tower.config.to_dict()

@@ -19,22 +19,25 @@ class CLIPVisionTower(nn.Module):
 
     def __init__(self, name_or_path: str, select_layer: int = -2, select_feature: str = "patch", config=None):
         super().__init__()
-        if select_feature not in SELECT_FEATURES:
-            raise ValueError(
-                f"unknown mm_vision_select_feature {select_feature!r}; choose one of: {', '.join(SELECT_FEATURES)}"
-            )
         self.vision_tower_name = name_or_path
-        self.select_layer = select_layer
-        self.select_feature = select_feature
         if config is None:
             config = CLIPVisionConfig.from_pretrained(name_or_path)
         elif isinstance(config, dict):
             config = CLIPVisionConfig(**config)
         self.vision_tower = CLIPVisionModel(config)
         self.vision_tower.requires_grad_(False)
-        n_layers = config.num_hidden_layers
+        self.select(select_layer, select_feature)
+
+    def select(self, select_layer: int, select_feature: str) -> None:
+        """Choose which hidden layer feeds the projector and whether CLS is kept."""
+        if select_feature not in SELECT_FEATURES:
+            raise ValueError(
+                f"unknown mm_vision_select_feature {select_feature!r}; choose one of: {', '.join(SELECT_FEATURES)}"
+            )
+        n_layers = self.config.num_hidden_layers
         if not -(n_layers + 1) <= select_layer <= n_layers:
             raise ValueError(f"mm_vision_select_layer {select_layer} is out of range for a {n_layers}-layer tower")
+        self.select_layer, self.select_feature = select_layer, select_feature
 
     def load_model(self) -> None:
         """Copy pretrained weights from `vision_tower_name` (a local directory or cached hub name)."""
