@@ -1,0 +1,262 @@
+"""Export a LLaVA checkpoint as a transformers `LlavaForConditionalGeneration` + `LlavaProcessor`.
+
+    python -m llava.export.hf --model-path checkpoints/llava-phi [--model-base B] --out exported/llava-phi-hf
+
+The output loads with `LlavaForConditionalGeneration.from_pretrained(out)` and
+`AutoProcessor.from_pretrained(out)` (the layout vLLM and SGLang serve): the vision tower, the
+projector as `multi_modal_projector.linear_1/linear_2`, the LLM as `language_model`, a tokenizer
+with an `<image>` token, an image processor that pads to square when the checkpoint did, and a
+chat template that renders this checkpoint's conversation template. Settings HF Llava cannot
+express are refused with the field that causes it, never exported approximately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_PROJECTORS = ("linear", "mlp2x_gelu")
+# LLaVA-only config fields that must not leak into the exported text config.
+_LLAVA_FIELDS = ("image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj")
+_SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}  # HF "default" drops CLS
+
+
+class ExportError(ValueError):
+    pass
+
+
+# -- checks ------------------------------------------------------------------------------------
+def check_exportable(config, model=None, drop_lm_head_bias: bool = False) -> None:
+    """Raise ExportError naming the first setting HF Llava cannot represent exactly."""
+    if not getattr(config, "mm_vision_tower", None):
+        raise ExportError("config has no mm_vision_tower: this is a plain LLM, not a LLaVA checkpoint")
+    if getattr(config, "mm_use_im_start_end", False):
+        raise ExportError(
+            "mm_use_im_start_end=True: HF Llava has no <im_start>/<im_end> tokens around the image; "
+            "such checkpoints cannot be exported"
+        )
+    projector = getattr(config, "mm_projector_type", "linear")
+    if projector not in SUPPORTED_PROJECTORS:
+        raise ExportError(
+            f"mm_projector_type={projector!r}: HF Llava's projector is Linear-GELU-Linear; "
+            f"only {', '.join(SUPPORTED_PROJECTORS)} can be exported"
+        )
+    feature = getattr(config, "mm_vision_select_feature", "patch")
+    if feature not in _SELECT_STRATEGY:
+        raise ExportError(f"mm_vision_select_feature={feature!r} is not one of {', '.join(_SELECT_STRATEGY)}")
+    aspect = getattr(config, "image_aspect_ratio", None) or "square"
+    if aspect not in ("square", "pad"):
+        raise ExportError(f"image_aspect_ratio={aspect!r}: only 'square' and 'pad' have an HF image processor")
+    if model is not None:
+        bias = getattr(model.get_output_embeddings(), "bias", None)
+        if bias is not None and bool(bias.detach().abs().max() > 0) and not drop_lm_head_bias:
+            raise ExportError(
+                f"lm_head.bias is non-zero (max |b| = {float(bias.detach().abs().max()):.3g}) but HF "
+                "LlavaForConditionalGeneration's lm_head has no bias, so the exported model would answer "
+                "differently. Pass --drop-lm-head-bias to export anyway."
+            )
+
+
+# -- chat template -------------------------------------------------------------------------------
+def chat_template_for(conv: Conversation) -> str:
+    """A Jinja chat template that renders HF-style messages exactly as `conv.get_prompt()` does.
+
+    Images in a user message become "<image>\\n" before its text, as LLaVA prompts place them.
+    A leading system message replaces the template's system prompt.
+    """
+    q = lambda s: json.dumps(s, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
+    user, assistant = conv.roles
+    head = (
+        "{% macro render(content) %}{% if content is string %}{{ content }}{% else %}"
+        "{% for item in content if item.type == 'image' %}{{ '" + DEFAULT_IMAGE_TOKEN + "\\n' }}{% endfor %}"
+        "{% for item in content if item.type == 'text' %}{{ item.text }}{% endfor %}{% endif %}{% endmacro %}"
+        "{% macro has_image(content) %}{% if content is not string %}"
+        "{% for item in content if item.type == 'image' %}1{% endfor %}{% endif %}{% endmacro %}"
+        "{% if messages and messages[0].role == 'system' %}{% set system = render(messages[0].content) %}"
+        "{% set turns = messages[1:] %}{% else %}{% set system = " + q(conv.system) + " %}"
+        "{% set turns = messages %}{% endif %}"
+    )
+    style = conv.sep_style
+    if style == SeparatorStyle.TWO:
+        body = (
+            "{{ system + " + q(conv.sep) + " }}{% for m in turns %}{% if m.role == 'user' %}"
+            "{{ " + q(user + ": ") + " + render(m.content) + " + q(conv.sep) + " }}"
+            "{% else %}{{ " + q(assistant + ": ") + " + render(m.content) + " + q(conv.sep2) + " }}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant + ":") + " }}{% endif %}"
+        )
+    elif style == SeparatorStyle.LLAMA_2:
+        body = (
+            "{% for m in turns %}{% if m.role == 'user' %}{% set text = render(m.content) %}"
+            "{% if loop.first and system %}{% set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text %}{% endif %}"
+            "{{ ('' if loop.first else " + q(conv.sep) + ") + '[INST] ' + text + ' [/INST]' }}"
+            "{% else %}{{ ' ' + render(m.content) + ' ' + " + q(conv.sep2) + " }}{% endif %}{% endfor %}"
+        )
+    elif style == SeparatorStyle.MPT:
+        body = (
+            "{{ system + " + q(conv.sep) + " }}{% for m in turns %}{% if m.role == 'user' %}"
+            "{{ " + q(user) + " + render(m.content) + " + q(conv.sep) + " }}"
+            "{% else %}{{ " + q(assistant) + " + render(m.content) + " + q(conv.sep) + " }}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
+        )
+    elif style == SeparatorStyle.PLAIN:
+        body = (
+            "{% for m in turns %}{% if m.role == 'user' %}"
+            "{% if has_image(m.content) %}{{ '" + DEFAULT_IMAGE_TOKEN + "' }}{% else %}{{ render(m.content) }}{% endif %}"
+            "{% else %}{{ render(m.content) + " + q(conv.sep) + " }}{% endif %}{% endfor %}"
+        )
+    else:  # pragma: no cover - the enum is closed
+        raise ExportError(f"no chat template for separator style {style}")
+    return head + body
+
+
+# -- weights -------------------------------------------------------------------------------------
+def text_config_for(config, backbone) -> "AutoConfig":
+    """The plain HF LLM config (e.g. `phi`) inside a LLaVA config (`llava_phi`)."""
+    values = {
+        k: v
+        for k, v in config.to_dict().items()
+        if not k.startswith("mm_") and k not in _LLAVA_FIELDS and k not in ("model_type", "architectures", "auto_map")
+    }
+    # HF Llava's own lm_head carries the output weights; tying would break OPT (STACK.md) and is never needed.
+    values["tie_word_embeddings"] = False
+    return AutoConfig.for_model(backbone.base_model_types[0], **values)
+
+
+def convert_state_dict(model, projector_type: str) -> dict[str, torch.Tensor]:
+    """Our parameter names -> HF Llava's (`model.language_model.*`, `model.vision_tower.*`, ...)."""
+    inner_prefix = model.base_model_prefix + "."  # "model." (Phi, LLaMA, OPT) or "transformer." (MPT)
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if not name.startswith(inner_prefix):
+            if name == "lm_head.weight":
+                out[name] = tensor
+            continue  # lm_head.bias is checked (zero or dropped on request) by check_exportable
+        rest = name[len(inner_prefix) :]
+        if rest.startswith("vision_tower.vision_tower."):
+            out["model.vision_tower." + rest[len("vision_tower.vision_tower.") :]] = tensor
+        elif rest.startswith("mm_projector."):
+            continue
+        else:
+            out["model.language_model." + rest] = tensor
+    projector = model.get_model().mm_projector
+    if projector_type == "mlp2x_gelu":
+        out["model.multi_modal_projector.linear_1.weight"] = projector[0].weight.data
+        out["model.multi_modal_projector.linear_1.bias"] = projector[0].bias.data
+        out["model.multi_modal_projector.linear_2.weight"] = projector[2].weight.data
+        out["model.multi_modal_projector.linear_2.bias"] = projector[2].bias.data
+    else:  # linear: Linear, then an identity activation and an identity Linear (exact in float)
+        hidden = projector.weight.shape[0]
+        out["model.multi_modal_projector.linear_1.weight"] = projector.weight.data
+        out["model.multi_modal_projector.linear_1.bias"] = projector.bias.data
+        out["model.multi_modal_projector.linear_2.weight"] = torch.eye(hidden, dtype=projector.weight.dtype)
+        out["model.multi_modal_projector.linear_2.bias"] = torch.zeros(hidden, dtype=projector.weight.dtype)
+    if "lm_head.weight" not in out:  # tied checkpoints keep only the embeddings
+        out["lm_head.weight"] = model.get_output_embeddings().weight.data
+    return out
+
+
+def image_processor_for(image_processor, aspect_ratio: str):
+    """LLaVA's 'pad' (expand to square with the mean colour, then resize) is LlavaImageProcessor(do_pad=True)."""
+    from transformers import LlavaImageProcessor  # falls back to its PIL backend without torchvision
+
+    settings = image_processor.to_dict()
+    keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+            "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+    return LlavaImageProcessor(**{k: settings[k] for k in keep if k in settings}, do_pad=aspect_ratio == "pad")
+
+
+# -- export --------------------------------------------------------------------------------------
+def export(
+    model_path: str,
+    out_dir: str,
+    model_base: str | None = None,
+    conv_mode: str | None = None,
+    dtype: str = "float32",
+    drop_lm_head_bias: bool = False,
+) -> str:
+    from llava.model.builder import load_pretrained_model
+    from llava.model.registry import backbone_for_config
+
+    config = AutoConfig.from_pretrained(model_path)
+    check_exportable(config)  # before the (possibly slow) weight loading
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, device="cpu", dtype=torch.float32)
+    config = model.config
+    check_exportable(config, model, drop_lm_head_bias)
+    backbone = backbone_for_config(config)
+    conv = get_conv_template(conv_mode or backbone.conv_template)
+
+    # The image token joins the vocabulary; the processor expands it to one token per patch.
+    if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([DEFAULT_IMAGE_TOKEN], special_tokens=True)
+    image_token_id = tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_TOKEN)
+    if image_token_id >= model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+
+    tower = model.get_vision_tower()
+    text_config = text_config_for(model.config, backbone)
+    llava_config = LlavaConfig(
+        text_config=text_config,
+        vision_config=CLIPVisionConfig(**tower.config.to_dict()),
+        image_token_index=image_token_id,
+        image_seq_length=tower.num_patches,
+        projector_hidden_act="gelu" if config.mm_projector_type == "mlp2x_gelu" else "linear",
+        vision_feature_layer=config.mm_vision_select_layer,
+        vision_feature_select_strategy=_SELECT_STRATEGY[config.mm_vision_select_feature],
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+    )
+    hf_model = LlavaForConditionalGeneration(llava_config)
+    result = hf_model.load_state_dict(convert_state_dict(model, config.mm_projector_type), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ExportError(
+            f"weight names do not line up with HF Llava for backbone {backbone.name!r}: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(hf_model.generation_config, name, getattr(tokenizer, name))
+    hf_model.to(getattr(torch, dtype)).save_pretrained(out_dir)
+
+    processor = LlavaProcessor(
+        image_processor=image_processor_for(image_processor, getattr(config, "image_aspect_ratio", None) or "square"),
+        tokenizer=tokenizer,
+        patch_size=tower.config.patch_size,
+        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,  # CLIP's CLS token
+        chat_template=chat_template_for(conv),
+        image_token=DEFAULT_IMAGE_TOKEN,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--conv-mode", default=None, help="template the chat_template renders (default: the backbone's)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument(
+        "--drop-lm-head-bias", action="store_true", help="export a Phi lm_head bias HF Llava cannot hold (changes outputs)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        export(args.model_path, args.out, args.model_base, args.conv_mode, args.dtype, args.drop_lm_head_bias)
+    except ExportError as exc:
+        raise SystemExit(f"cannot export {args.model_path}: {exc}") from None
+    print(f"wrote LlavaForConditionalGeneration + LlavaProcessor to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
