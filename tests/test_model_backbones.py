@@ -192,16 +192,18 @@ def test_lora_checkpoint_loads_over_base_and_merges(tiny_llm, tiny_clip, tmp_pat
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_4bit_loading_keeps_tower_projector_and_head_in_full_precision(tiny_llm, tiny_clip, tmp_path):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_loading_keeps_tower_projector_and_head_in_full_precision(tiny_llm, tiny_clip, tmp_path, bits):
     import bitsandbytes as bnb
 
+    quantized = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
     model = build(tiny_llm, tiny_clip, "llama", projector="mlp2x_gelu")
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_llm("llama")).save_pretrained(tmp_path)
-    _, loaded, _, _ = load_pretrained_model(str(tmp_path), load_4bit=True)
-    assert isinstance(loaded.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    _, loaded, _, _ = load_pretrained_model(str(tmp_path), load_4bit=bits == 4, load_8bit=bits == 8)
+    assert isinstance(loaded.model.layers[0].self_attn.q_proj, quantized)
     for module in (loaded.model.mm_projector, loaded.get_vision_tower(), loaded.lm_head):
-        assert not any(isinstance(m, bnb.nn.Linear4bit) for m in module.modules())
+        assert not any(isinstance(m, quantized) for m in module.modules())
     ids = prompt_ids(tiny_llm, "llama")
     with torch.no_grad():
         assert torch.isfinite(loaded(ids, images=torch.randn(1, 3, 32, 32)).logits).all()

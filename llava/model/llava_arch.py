@@ -285,13 +285,10 @@ class LlavaMetaForCausalLM:
             **kwargs,
         )
 
-    @classmethod
-    def _accepts_position_ids(cls) -> bool:
-        # MPT uses ALiBi and takes no position_ids.
-        for base in cls.__mro__:
-            if base is not LlavaMetaForCausalLM and "forward" in base.__dict__ and base.__module__.startswith("transformers"):
-                return "position_ids" in inspect.signature(base.forward).parameters
-        return False
+    def _accepts_position_ids(self) -> bool:
+        # MPT uses ALiBi and its forward takes no position_ids.
+        base_forward = super(LlavaMetaForCausalLM, self).forward
+        return "position_ids" in inspect.signature(base_forward).parameters
 
     @torch.no_grad()
     def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
