@@ -1,0 +1,155 @@
+# Shared by pretrain.sh, finetune.sh, finetune_lora.sh and finetune_qlora.sh (source it, do not run it).
+#
+# Every path and size can be overridden from the environment; with nothing set, the launchers
+# build tiny offline checkpoints and a generated demo dataset and run a short real job
+# (2 processes on the CPU, or every visible GPU).
+#
+#   BACKBONE        phi | llama | opt | mpt                       (default: phi)
+#   MODEL_PATH      LLM checkpoint            (default: checkpoints/tiny-$BACKBONE, created if missing)
+#   VISION_TOWER    CLIP vision tower         (default: checkpoints/tiny-clip, created if missing)
+#   DATA_DIR        demo data root            (default: playground/data/demo, generated if missing)
+#   DATA_PATH       training JSON/JSONL       (default: $DATA_DIR/pretrain.json or $DATA_DIR/finetune.json)
+#   EVAL_DATA_PATH  records for eval_loss during training (default: none)
+#   IMAGE_FOLDER    image root                (default: $DATA_DIR/images)
+#   RUN_NAME        checkpoint name stem      (default: llava-$BACKBONE-tiny, or the MODEL_PATH folder name)
+#   OUTPUT_DIR      where checkpoints go      (default: checkpoints/$RUN_NAME-{pretrain,finetune,lora,qlora})
+#   PRETRAIN_MM_MLP_ADAPTER  stage-1 projector for fine-tuning
+#                   (default: checkpoints/$RUN_NAME-pretrain/mm_projector.bin when it exists)
+#   PROMPT_VERSION  conversation template     (default: plain for stage 1, the backbone's for stage 2)
+#   PROJECTOR_TYPE  mm_projector_type         (default: mlp2x_gelu)
+#   ZERO            2 | 3 | 3_offload          (default per launcher; selects zero$ZERO.json)
+#   NUM_GPUS        processes per machine     (default: all GPUs, or 2 processes on a CPU-only machine)
+#   HOSTFILE        DeepSpeed hostfile for several machines (default: none, one machine)
+#   MASTER_PORT     rendezvous port           (default: a free port)
+#   BATCH_SIZE      per-device batch size     (default: 16 on GPU, 4 on CPU)
+#   GRAD_ACCUM      gradient accumulation     (default: 1)
+#   EPOCHS          training epochs           (default: 1)
+#   MAX_STEPS       stop after this many steps (default: -1 on GPU, 20 on CPU)
+#   LR              learning rate             (default per launcher)
+#   MODEL_MAX_LENGTH  sequence limit, image patches included (default: 2048)
+#   SAVE_STEPS      checkpoint-N every N steps (default: 50 on GPU, 10 on CPU)
+#   EXTRA_ARGS      more llava.train.train flags, appended last (e.g. "--report_to wandb")
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q "^GPU"; then
+    ON_GPU=1
+else
+    ON_GPU=0
+fi
+
+BACKBONE="${BACKBONE:-phi}"
+DEFAULT_MODEL="checkpoints/tiny-$BACKBONE"
+DEFAULT_TOWER="checkpoints/tiny-clip"
+DEFAULT_DATA="playground/data/demo"
+MODEL_PATH="${MODEL_PATH:-$DEFAULT_MODEL}"
+VISION_TOWER="${VISION_TOWER:-$DEFAULT_TOWER}"
+DATA_DIR="${DATA_DIR:-$DEFAULT_DATA}"
+IMAGE_FOLDER="${IMAGE_FOLDER:-$DATA_DIR/images}"
+EVAL_DATA_PATH="${EVAL_DATA_PATH:-}"
+if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" ]]; then
+    RUN_NAME="${RUN_NAME:-llava-$BACKBONE-tiny}"
+else
+    RUN_NAME="${RUN_NAME:-llava-$(basename "$MODEL_PATH")}"
+fi
+PROJECTOR_TYPE="${PROJECTOR_TYPE:-mlp2x_gelu}"
+HOSTFILE="${HOSTFILE:-}"
+GRAD_ACCUM="${GRAD_ACCUM:-1}"
+EPOCHS="${EPOCHS:-1}"
+MODEL_MAX_LENGTH="${MODEL_MAX_LENGTH:-2048}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"
+if [[ "$ON_GPU" == 1 ]]; then
+    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        NUM_GPUS="${NUM_GPUS:-$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c .)}"
+    else
+        NUM_GPUS="${NUM_GPUS:-$(nvidia-smi -L | grep -c "^GPU")}"
+    fi
+    BATCH_SIZE="${BATCH_SIZE:-16}"
+    MAX_STEPS="${MAX_STEPS:--1}"
+    SAVE_STEPS="${SAVE_STEPS:-50}"
+    DEVICE_ARGS=(--bf16 True --tf32 True --dataloader_num_workers 4)
+else
+    NUM_GPUS="${NUM_GPUS:-2}"
+    BATCH_SIZE="${BATCH_SIZE:-4}"
+    MAX_STEPS="${MAX_STEPS:-20}"
+    SAVE_STEPS="${SAVE_STEPS:-10}"
+    # fp16 does not exist on the CPU and bf16 is slow without AMX: train in fp32 there.
+    DEVICE_ARGS=(--use_cpu True --dataloader_num_workers 0)
+fi
+MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
+
+# Flags every stage-2 launcher shares: conversations, the stage-1 projector when there is one.
+PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-}"
+if [[ -z "$PRETRAIN_MM_MLP_ADAPTER" && -e "checkpoints/$RUN_NAME-pretrain/mm_projector.bin" ]]; then
+    PRETRAIN_MM_MLP_ADAPTER="checkpoints/$RUN_NAME-pretrain/mm_projector.bin"
+fi
+STAGE2_ARGS=(
+    --data_path "${DATA_PATH:-$DATA_DIR/finetune.json}"
+    --image_aspect_ratio pad
+    --group_by_modality_length True
+    --gradient_checkpointing True
+)
+[[ -n "${PROMPT_VERSION:-}" ]] && STAGE2_ARGS+=(--version "$PROMPT_VERSION")
+[[ -n "$PRETRAIN_MM_MLP_ADAPTER" ]] && STAGE2_ARGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
+
+# Build what the defaults point at, once. Other paths (local folders or cached hub names) are the user's.
+ensure_assets() {
+    if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -e "$MODEL_PATH/config.json" ]]; then
+        echo "== creating tiny $BACKBONE LLM in $MODEL_PATH"
+        python -m llava.model.tiny --backbone "$BACKBONE" --out "$MODEL_PATH"
+    fi
+    if [[ "$VISION_TOWER" == "$DEFAULT_TOWER" && ! -e "$VISION_TOWER/config.json" ]]; then
+        echo "== creating tiny CLIP vision tower in $VISION_TOWER"
+        python -m llava.model.tiny --vision --out "$VISION_TOWER"
+    fi
+    if [[ "$DATA_DIR" == "$DEFAULT_DATA" && ! -e "$DATA_DIR/finetune.json" ]]; then
+        echo "== generating the demo dataset in $DATA_DIR"
+        python -m llava.data.demo --out "$DATA_DIR"
+    fi
+}
+
+# llava_train OUTPUT_DIR [flags...]: run llava/train/train.py under DeepSpeed with the shared flags.
+llava_train() {
+    local output_dir="$1"; shift
+    ensure_assets
+    local launcher=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
+    [[ -n "$HOSTFILE" ]] && launcher=(deepspeed --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
+    local eval_args=()
+    [[ -n "$EVAL_DATA_PATH" ]] && eval_args=(--eval_data_path "$EVAL_DATA_PATH" --eval_strategy steps --eval_steps "$SAVE_STEPS")
+    echo "== training $RUN_NAME -> $output_dir ($NUM_GPUS processes, $( [[ $ON_GPU == 1 ]] && echo GPU || echo CPU ), ZeRO-$ZERO)"
+    local start=$SECONDS
+    # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
+    "${launcher[@]}" llava/train/train.py \
+        --deepspeed "./zero$ZERO.json" \
+        --model_name_or_path "$MODEL_PATH" \
+        --vision_tower "$VISION_TOWER" \
+        --image_folder "$IMAGE_FOLDER" \
+        --mm_projector_type "$PROJECTOR_TYPE" \
+        --mm_vision_select_layer -2 \
+        --mm_use_im_start_end False \
+        --mm_use_im_patch_token False \
+        --output_dir "$output_dir" \
+        --num_train_epochs "$EPOCHS" \
+        --max_steps "$MAX_STEPS" \
+        --per_device_train_batch_size "$BATCH_SIZE" \
+        --per_device_eval_batch_size "$BATCH_SIZE" \
+        --gradient_accumulation_steps "$GRAD_ACCUM" \
+        --save_strategy steps \
+        --save_steps "$SAVE_STEPS" \
+        --save_total_limit 2 \
+        --weight_decay 0. \
+        --warmup_steps 0.03 \
+        --lr_scheduler_type cosine \
+        --logging_steps 1 \
+        --model_max_length "$MODEL_MAX_LENGTH" \
+        --lazy_preprocess True \
+        --report_to none \
+        "${DEVICE_ARGS[@]}" \
+        "${eval_args[@]}" \
+        "$@" \
+        $EXTRA_ARGS
+    echo "== done in $((SECONDS - start)) s: checkpoint in $output_dir"
+}
