@@ -101,13 +101,15 @@ class InferenceEngine:
         conv.append_message(conv.roles[0], (self.image_prefix() + text) if has_image else text)
         conv.append_message(conv.roles[1], None)
 
+    def process_image(self, image) -> torch.Tensor:
+        """(C, H, W) pixels for an image path, bytes or PIL image, as the checkpoint was trained."""
+        return process_images([load_image(image)], self.image_processor, self.model.config)[0]
+
     def prepare(self, conv: Conversation, image=None) -> Prepared:
-        """Tokenise the conversation's prompt and process its image (path, bytes or PIL)."""
+        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output."""
         prompt = conv.get_prompt()
         input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
-        pixels = None
-        if image is not None:
-            pixels = process_images([load_image(image)], self.image_processor, self.model.config)[0]
+        pixels = image if image is None or isinstance(image, torch.Tensor) else self.process_image(image)
         return Prepared(input_ids, pixels, prompt)
 
     # -- generation ------------------------------------------------------------------------------
