@@ -1,0 +1,136 @@
+"""Web demo: chat turns (typed and spoken), upload checks, and the page driven in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+from helpers import cached_checkpoint, make_tiny_whisper, solid_image, tone_wav
+from llava.eval.inference import GenerationSettings, InferenceEngine
+
+gr = pytest.importorskip("gradio")
+from llava.serve import web  # noqa: E402  (needs gradio)
+
+GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=6)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, tiny_llm, tiny_clip):
+    return InferenceEngine.from_pretrained(cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi"))
+
+
+@pytest.fixture(scope="module")
+def transcriber(tmp_path_factory):
+    from llava.serve.speech import WhisperTranscriber
+
+    return WhisperTranscriber(make_tiny_whisper(str(tmp_path_factory.mktemp("whisper"))), max_new_tokens=6)
+
+
+def expected_answer(engine, image, question):
+    conv = engine.new_conversation()
+    engine.add_user_turn(conv, question, has_image=image is not None)
+    return engine.generate([engine.prepare(conv, image)], GREEDY)[0]
+
+
+def turn(engine, transcriber, image, question, audio=None, history=None, session=None, limit=2**20):
+    *_, last = web.respond(engine, GREEDY, transcriber, limit, image, question, audio, history or [],
+                           session or web.new_session())
+    return last  # (history, session, question box, audio box, status)
+
+
+def test_typed_question_streams_an_answer_and_keeps_history(engine, tmp_path):
+    image = solid_image(str(tmp_path / "red.png"))
+    updates = list(web.respond(engine, GREEDY, None, 2**20, image, "What colour?", None, [], web.new_session()))
+    assert len(updates) > 2, "the answer should stream"
+    history, session, box, _, status = updates[-1]
+    assert history == [{"role": "user", "content": "What colour?"},
+                       {"role": "assistant", "content": expected_answer(engine, image, "What colour?")}]
+    assert box == "" and status == ""
+    history, session, *_ = turn(engine, None, image, "And the shape?", history=history, session=session)
+    assert len(history) == 4 and session["conv"].messages[0][1].startswith("<image>\n")
+    # A new picture starts a new conversation.
+    other = solid_image(str(tmp_path / "blue.png"), color=(20, 40, 220))
+    history, *_ = turn(engine, None, other, "What colour?", history=history, session=session)
+    assert len(history) == 2
+
+
+def test_spoken_question_is_transcribed_and_asked(engine, transcriber, tmp_path):
+    image = solid_image(str(tmp_path / "red.png"))
+    audio = tone_wav(str(tmp_path / "q.wav"))
+    heard = transcriber(audio)
+    assert heard
+    history, _, _, audio_box, status = turn(engine, transcriber, image, "", audio)
+    assert history[0] == {"role": "user", "content": heard}
+    assert history[1]["content"] == expected_answer(engine, image, heard)
+    assert status == f"🎤 Transcribed: {heard}" and audio_box is None
+
+
+def test_audio_without_whisper_says_so(engine, tmp_path):
+    audio = tone_wav(str(tmp_path / "q.wav"))
+    history, _, _, _, status = turn(engine, None, None, "", audio)
+    assert history == [] and "--whisper-model" in status
+
+
+def test_bad_uploads_are_refused_with_a_message(engine, tmp_path):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is text, not a picture")
+    history, _, box, _, status = turn(engine, None, str(not_image), "What colour?")
+    assert history == [] and box == "What colour?" and "not an image" in status
+    big = solid_image(str(tmp_path / "big.png"), size=(256, 256))
+    history, _, _, _, status = turn(engine, None, big, "What colour?", limit=100)
+    assert history == [] and "larger than" in status
+    history, _, _, _, status = turn(engine, None, solid_image(str(tmp_path / "ok.png")), "  ")
+    assert history == [] and "Type a question" in status
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium_answers_typed_and_spoken_questions(engine, transcriber, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    image = solid_image(str(tmp_path / "red.png"))
+    audio = tone_wav(str(tmp_path / "q.wav"))
+    typed_answer = expected_answer(engine, image, "What colour?")
+    heard = transcriber(audio)
+
+    demo = web.build_demo(engine, GREEDY, transcriber)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    assert url.startswith("http://127.0.0.1:")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("#send")
+            chat_has = "([id, text]) => document.querySelector(id).innerText.includes(text)"
+
+            page.locator("#image input[type=file]").set_input_files(image)
+            page.locator("#question textarea").fill("What colour?")
+            page.locator("#send").click()
+            page.wait_for_function(chat_has, arg=["#chatbot", typed_answer], timeout=60_000)
+
+            page.locator("#audio input[type=file]").set_input_files(audio)
+            page.wait_for_timeout(500)  # let the upload land before sending
+            page.locator("#send").click()
+            page.wait_for_function(chat_has, arg=["#status", heard], timeout=60_000)
+            assert heard in page.locator("#chatbot").inner_text()
+
+            page.locator("#reset").click()
+            page.wait_for_function("() => !document.querySelector('#chatbot').innerText.includes('What colour?')",
+                                   timeout=30_000)
+            browser.close()
+    finally:
+        demo.close()
