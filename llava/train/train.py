@@ -23,12 +23,16 @@ logger = logging.getLogger("llava.train")
 
 
 def _init_distributed(training_args) -> None:
-    """ZeRO-3 builds partitioned models, so the process group must exist before the model does."""
-    if not training_args.deepspeed or int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
+    """ZeRO-3 builds partitioned models, so DeepSpeed's comm layer must exist before the model does.
+
+    (accelerate may already have set up torch.distributed; DeepSpeed then wraps that group.)
+    """
+    if not training_args.deepspeed or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else "nccl")
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else "nccl")
 
 
 def save_mode(modules) -> str:
