@@ -145,3 +145,43 @@ def tone_wav(path: str, seconds: float = 1.0, rate: int = 8000) -> str:
     t = np.linspace(0, seconds, int(seconds * rate), endpoint=False)
     wavfile.write(path, rate, (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16))
     return path
+
+
+def make_lora_checkpoint(out_dir: str, llm_path: str, clip_path: str, merged_dir: str | None = None, seed: int = 0) -> str:
+    """A Phi LoRA checkpoint laid out as official LLaVA's LoRA runs write it.
+
+    adapter files + `non_lora_trainables.bin` (projector, peft-prefixed keys) + the LLaVA
+    `config.json` + tokenizer, to be loaded over `llm_path` as `--model-base`. With `merged_dir`,
+    the same weights merged into a full checkpoint are saved there too (the reference answers).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    full = make_llava_checkpoint(out_dir + "-full-tmp", llm_path, clip_path, backbone="phi", seed=seed)
+    from transformers import AutoTokenizer
+
+    from llava.model.registry import get_backbone
+
+    model = get_backbone("phi").model_class.from_pretrained(full, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(full)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False,  # non-zero B: the adapter really changes the answers
+        target_modules=r"model\.layers\.\d+\.(self_attn\.(q_proj|v_proj)|mlp\.fc1)",
+    )
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, lora)
+    peft_model.save_pretrained(out_dir)
+    projector = {
+        f"base_model.model.model.mm_projector.{k}": v.clone()
+        for k, v in model.get_model().mm_projector.state_dict().items()
+    }
+    torch.save(projector, os.path.join(out_dir, "non_lora_trainables.bin"))
+    model.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if merged_dir:
+        merged = peft_model.merge_and_unload()
+        merged.save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+    import shutil
+
+    shutil.rmtree(full)
+    return out_dir

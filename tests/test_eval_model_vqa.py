@@ -90,3 +90,18 @@ def test_chunks_partition_the_questions():
     assert chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     with pytest.raises(ValueError, match="--chunk-idx"):
         model_vqa.get_chunk(items, 3, 3)
+
+
+def test_lora_and_4bit_checkpoints_load_through_model_vqa(tmp_path, tiny_llm, tiny_clip, questions, demo_data):
+    from helpers import make_lora_checkpoint
+
+    records = read_jsonl(questions)[:3]
+    few = write_questions(str(tmp_path / "few.jsonl"), records)
+    lora = make_lora_checkpoint(str(tmp_path / "lora"), tiny_llm("phi"), tiny_clip, merged_dir=str(tmp_path / "merged"))
+    run(lora, few, demo_data, str(tmp_path / "lora.jsonl"), "--model-base", tiny_llm("phi"))
+    run(str(tmp_path / "merged"), few, demo_data, str(tmp_path / "merged.jsonl"))
+    assert [a["text"] for a in read_jsonl(str(tmp_path / "lora.jsonl"))] == [
+        a["text"] for a in read_jsonl(str(tmp_path / "merged.jsonl"))
+    ]
+    summary = run(str(tmp_path / "merged"), few, demo_data, str(tmp_path / "q4.jsonl"), "--load-4bit")
+    assert summary["answered"] == 3 and all(a["text"] for a in read_jsonl(str(tmp_path / "q4.jsonl")))
