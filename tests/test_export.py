@@ -65,13 +65,18 @@ def test_exported_logits_match_ours(backbone, tmp_path_factory, tiny_llm, tiny_c
         assert torch.equal(inputs["input_ids"][0], expanded)
 
 
-def test_linear_projector_exports_exactly(tmp_path_factory, tiny_llm, tiny_clip, tmp_path):
-    checkpoint = cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi", projector="linear")
-    engine, item, hf_model, _, _ = _ours_and_exported(checkpoint, tmp_path / "hf")
-    assert hf_model.config.projector_hidden_act == "linear"
+@pytest.mark.parametrize("projector, feature, strategy", [("linear", "patch", "default"), ("mlp2x_gelu", "cls_patch", "full")])
+def test_linear_projector_and_cls_patch_export_exactly(projector, feature, strategy, tmp_path_factory, tiny_llm,
+                                                      tiny_clip, tmp_path):
+    checkpoint = cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi", projector=projector,
+                                   select_feature=feature)
+    engine, item, hf_model, processor, image = _ours_and_exported(checkpoint, tmp_path / "hf")
+    assert hf_model.config.vision_feature_select_strategy == strategy
     n = engine.model.get_vision_tower().num_patches
     expanded = torch.cat([torch.full((n,), hf_model.config.image_token_id) if t == IMAGE_TOKEN_INDEX else t.view(1)
                           for t in item.input_ids])
+    inputs = processor(text=item.prompt, images=image, return_tensors="pt")
+    assert torch.equal(inputs["input_ids"][0], expanded)  # CLS counted in or out, as the model does
     with torch.no_grad():
         ours = engine.model(input_ids=item.input_ids[None], images=item.image[None]).logits
         theirs = hf_model(input_ids=expanded[None], pixel_values=item.image[None]).logits
