@@ -78,7 +78,7 @@ def test_missing_image_is_an_error_naming_the_question_or_a_counted_skip(checkpo
     records = read_jsonl(questions)[:3]
     records[1]["image"] = "no_such_image.png"
     broken = write_questions(str(tmp_path / "q.jsonl"), records)
-    with pytest.raises(FileNotFoundError, match=rf"question {records[1]['question_id']!r}.*--skip-missing-images"):
+    with pytest.raises(SystemExit, match=rf"question {records[1]['question_id']!r}.*--skip-missing-images"):
         run(checkpoint, broken, demo_data, str(tmp_path / "a.jsonl"))
     summary = run(checkpoint, broken, demo_data, str(tmp_path / "a.jsonl"), "--skip-missing-images")
     assert summary["answered"] == 2 and summary["skipped_missing_image"] == 1
@@ -105,3 +105,11 @@ def test_lora_and_4bit_checkpoints_load_through_model_vqa(tmp_path, tiny_llm, ti
     ]
     summary = run(str(tmp_path / "merged"), few, demo_data, str(tmp_path / "q4.jsonl"), "--load-4bit")
     assert summary["answered"] == 3 and all(a["text"] for a in read_jsonl(str(tmp_path / "q4.jsonl")))
+
+
+def test_over_long_prompt_is_an_error_naming_the_question(checkpoint, questions, demo_data, tmp_path):
+    records = read_jsonl(questions)[:2]
+    records[1]["text"] = "why " * 600  # past tokenizer_model_max_length=512
+    long = write_questions(str(tmp_path / "long.jsonl"), records)
+    with pytest.raises(SystemExit, match=rf"question {records[1]['question_id']!r}: the prompt is \d+ tokens"):
+        run(checkpoint, long, demo_data, str(tmp_path / "a.jsonl"))

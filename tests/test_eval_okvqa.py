@@ -80,7 +80,7 @@ def test_official_results_json_is_accepted(files):
 def test_unanswered_question_is_an_error_naming_it(files):
     lines = (files / "answers.jsonl").read_text().splitlines()
     (files / "partial.jsonl").write_text("\n".join(l for l in lines if json.loads(l)["question_id"] != 5) + "\n")
-    with pytest.raises(ValueError, match="question 5 has no answer"):
+    with pytest.raises(SystemExit, match="question 5 has no answer"):
         eval_okvqa.main([
             "--annotation-file", str(files / "ann.json"), "--question-file", str(files / "q.json"),
             "--result-file", str(files / "partial.jsonl"),

@@ -87,6 +87,8 @@ def test_bad_uploads_are_refused_with_a_message(engine, tmp_path):
     assert history == [] and "larger than" in status
     history, _, _, _, status = turn(engine, None, solid_image(str(tmp_path / "ok.png")), "  ")
     assert history == [] and "Type a question" in status
+    history, session, _, _, status = turn(engine, None, solid_image(str(tmp_path / "ok.png")), "why " * 600)
+    assert history == [] and "context of 512 tokens" in status and session["conv"].messages == []
 
 
 def _free_port() -> int:

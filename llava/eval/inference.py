@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import TextIteratorStreamer
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, strip_stop_str, tokenizer_image_token
 
@@ -109,8 +109,19 @@ class InferenceEngine:
         """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output."""
         prompt = conv.get_prompt()
         input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+        length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._num_patches() - 1)
+        if length >= self.context_len:
+            # The model would otherwise cut the prompt; an answer to half a question is worse than none.
+            raise ValueError(
+                f"the prompt is {length} tokens with the image expanded, which leaves no room to answer within "
+                f"the model's context of {self.context_len} tokens; shorten the question or start a new conversation"
+            )
         pixels = image if image is None or isinstance(image, torch.Tensor) else self.process_image(image)
         return Prepared(input_ids, pixels, prompt)
+
+    def _num_patches(self) -> int:
+        tower = self.model.get_vision_tower()
+        return tower.num_patches if tower is not None else 1
 
     # -- generation ------------------------------------------------------------------------------
     def _batch(self, items: Sequence[Prepared]) -> dict:
@@ -158,7 +169,17 @@ class InferenceEngine:
         stop_str = stop_str if stop_str is not None else self.new_conversation().stop_str
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False, timeout=600)
         kwargs = self._generate_kwargs(self._batch([item]), settings, stop_str)
-        thread = Thread(target=self._generate_in_thread, kwargs=dict(streamer=streamer, **kwargs), daemon=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(streamer=streamer, **kwargs)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        thread = Thread(target=run, daemon=True)
         thread.start()
         text = ""
         for piece in streamer:
@@ -169,20 +190,9 @@ class InferenceEngine:
             if stop_str and stop_str in text:
                 break
         thread.join()
-        if self._error is not None:
-            raise self._error
+        if errors:
+            raise errors[0]
         yield self._clean(text, stop_str)
-
-    _error: BaseException | None = None
-
-    def _generate_in_thread(self, **kwargs) -> None:
-        self._error = None
-        try:
-            with torch.inference_mode():
-                self.model.generate(**kwargs)
-        except BaseException as exc:  # surfaced by stream() in the caller's thread
-            self._error = exc
-            kwargs["streamer"].end()
 
     def _clean(self, text: str, stop_str: str) -> str:
         text = strip_stop_str(text, stop_str)

@@ -184,7 +184,10 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
-    return eval_model(args)
+    try:
+        return eval_model(args)
+    except (FileNotFoundError, ValueError) as exc:  # bad input: a message, not a traceback
+        raise SystemExit(f"model_vqa: {exc}") from None
 
 
 if __name__ == "__main__":

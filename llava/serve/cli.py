@@ -40,9 +40,14 @@ def chat(engine: InferenceEngine, image_file: str, settings: GenerationSettings,
             stdout.write("\n" if not line else "")
             break
         engine.add_user_turn(conv, question, has_image=turns == 0)
+        try:
+            prepared = engine.prepare(conv, pixels)
+        except ValueError as exc:  # the conversation outgrew the model's context
+            stdout.write(f"[{exc}]\n")
+            break
         stdout.write(f"{assistant}: ")
         shown = ""
-        for text in engine.stream(engine.prepare(conv, pixels), settings):
+        for text in engine.stream(prepared, settings):
             if text.startswith(shown):
                 stdout.write(text[len(shown) :])
                 stdout.flush()

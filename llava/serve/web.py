@@ -87,10 +87,16 @@ def respond(
         first_with_image = False
     conv = session["conv"]
     engine.add_user_turn(conv, question, has_image=first_with_image)
+    try:
+        prepared = engine.prepare(conv, session["pixels"])
+    except ValueError as exc:  # conversation too long for the model's context
+        del conv.messages[-2:]
+        yield fail(f"{exc}. Press Reset to start over.")
+        return
 
     history += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
     answer = ""
-    for answer in engine.stream(engine.prepare(conv, session["pixels"]), settings):
+    for answer in engine.stream(prepared, settings):
         history[-1] = {"role": "assistant", "content": answer}
         yield history, session, "", None, status
     conv.messages[-1][-1] = answer
