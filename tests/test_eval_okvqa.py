@@ -108,3 +108,17 @@ def test_punctuation_next_to_a_space_is_deleted_otherwise_spaced():
     assert process_punctuation("yes!") == "yes "
     assert process_punctuation("wait !") == "wait "
     assert process_punctuation("1,000 (approx)") == "1000 approx"
+
+
+def test_demo_files_score_100_for_the_human_answer_and_0_for_a_wrong_one(demo_data, tmp_path):
+    annotations = json.load(open(demo_data["eval_annotations"]))["annotations"]
+    for name, answer_of in (("right", lambda a: a["answers"][0]["answer"].capitalize() + "."), ("wrong", lambda a: "zebra")):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for a in annotations:
+                f.write(json.dumps({"question_id": a["question_id"], "text": answer_of(a)}) + "\n")
+        scores = eval_okvqa.main([
+            "--annotation-file", demo_data["eval_annotations"], "--question-file", demo_data["eval_questions"],
+            "--result-file", str(tmp_path / f"{name}.jsonl"),
+        ])
+        assert scores["overall"] == (100.0 if name == "right" else 0.0)
+        assert set(scores["perQuestionType"]) == {"color", "shape", "presence"}
