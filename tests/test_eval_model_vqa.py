@@ -113,3 +113,28 @@ def test_over_long_prompt_is_an_error_naming_the_question(checkpoint, questions,
     long = write_questions(str(tmp_path / "long.jsonl"), records)
     with pytest.raises(SystemExit, match=rf"question {records[1]['question_id']!r}: the prompt is \d+ tokens"):
         run(checkpoint, long, demo_data, str(tmp_path / "a.jsonl"))
+
+
+def test_prompts_follow_official_llava_and_default_to_the_backbones_template():
+    from types import SimpleNamespace
+
+    from llava.eval.inference import InferenceEngine
+
+    def engine(conv_mode=None, **config):
+        model = SimpleNamespace(config=SimpleNamespace(**config))
+        return InferenceEngine(None, model, None, 2048, conv_mode)
+
+    assert engine(model_type="llava_llama").conv_mode == "llava_llama_2"
+    assert engine(model_type="llava_mpt").conv_mode == "mpt"
+    with pytest.raises(ValueError, match="unknown conversation template 'nope'"):
+        engine("nope", model_type="llava_phi")
+
+    plain = engine("v1", model_type="llava_phi", mm_use_im_start_end=False)
+    conv = plain.new_conversation()
+    plain.add_user_turn(conv, "What is it?", has_image=True)
+    assert conv.get_prompt().endswith("USER: <image>\nWhat is it? ASSISTANT:")
+
+    wrapped = engine("v1", model_type="llava_phi", mm_use_im_start_end=True)
+    conv = wrapped.new_conversation()
+    wrapped.add_user_turn(conv, "What is it?", has_image=True)
+    assert "USER: <im_start><image><im_end>\nWhat is it? ASSISTANT:" in conv.get_prompt()

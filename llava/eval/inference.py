@@ -57,6 +57,8 @@ class GenerationSettings:
 
 
 class InferenceEngine:
+    """A loaded checkpoint plus the conversation template its prompts are rendered with."""
+
     def __init__(self, tokenizer, model, image_processor, context_len: int, conv_mode: str | None = None):
         self.tokenizer, self.model, self.image_processor, self.context_len = tokenizer, model, image_processor, context_len
         if conv_mode is None:
