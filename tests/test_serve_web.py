@@ -69,6 +69,10 @@ def test_spoken_question_is_transcribed_and_asked(engine, transcriber, tmp_path)
     assert history[0] == {"role": "user", "content": heard}
     assert history[1]["content"] == expected_answer(engine, image, heard)
     assert status == f"🎤 Transcribed: {heard}" and audio_box is None
+    not_audio = tmp_path / "q2.wav"
+    not_audio.write_text("not a recording")
+    history, _, _, _, status = turn(engine, transcriber, image, "", str(not_audio))
+    assert history == [] and "cannot read audio file q2.wav" in status
 
 
 def test_audio_without_whisper_says_so(engine, tmp_path):

@@ -175,7 +175,10 @@ def main(argv=None) -> None:
     if args.whisper_model:
         from llava.serve.speech import WhisperTranscriber
 
-        transcriber = WhisperTranscriber(args.whisper_model)
+        try:
+            transcriber = WhisperTranscriber(args.whisper_model)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--whisper-model: {exc}") from None
     else:
         logger.info("no --whisper-model: spoken questions are disabled")
     demo = build_demo(engine, GenerationSettings(args.temperature, max_new_tokens=args.max_new_tokens), transcriber,
