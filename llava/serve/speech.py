@@ -46,8 +46,7 @@ class WhisperTranscriber:
 
         if not os.path.isdir(model_dir):
             raise FileNotFoundError(
-                f"--whisper-model {model_dir} is not a directory; pass a local Whisper checkpoint "
-                "(e.g. a saved openai/whisper-tiny)"
+                f"{model_dir} is not a directory; pass a local Whisper checkpoint (e.g. a saved openai/whisper-tiny)"
             )
         self.processor = WhisperProcessor.from_pretrained(model_dir)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
