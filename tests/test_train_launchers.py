@@ -1,0 +1,71 @@
+"""The shell launchers end to end: 2 DeepSpeed processes on the CPU, ZeRO-2 and ZeRO-3 (slow, ≈4 min).
+
+Runs with environment variables pointing at the session's tiny checkpoints and a few steps;
+the defaults (nothing set) are the same code path with more steps (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+from llava.model.builder import checkpoint_kind, load_pretrained_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def launch(tiny_llm, tiny_clip, demo_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("launch")
+
+    def run(script: str, name: str, **env):
+        out = root / name
+        variables = {
+            **os.environ,
+            "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
+            "DATA_DIR": os.path.dirname(demo_data["pretrain"]), "IMAGE_FOLDER": demo_data["image_folder"],
+            "RUN_NAME": "test", "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "1", "BATCH_SIZE": "2",
+            "NUM_GPUS": "2", **env,
+        }
+        proc = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=variables, cwd=REPO,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"checkpoint in {out}" in proc.stdout
+        return out, proc.stdout + proc.stderr
+
+    return run
+
+
+def test_pretrain_then_lora_zero3_picks_up_the_projector(launch, tiny_llm):
+    pre, _ = launch("pretrain.sh", "pretrain")  # ZeRO-2
+    assert checkpoint_kind(str(pre)) == "projector" and (pre / "checkpoint-1" / "mm_projector.bin").exists()
+    projector = pre / "mm_projector.bin"
+    out, log = launch("finetune_lora.sh", "lora", PRETRAIN_MM_MLP_ADAPTER=str(projector), LORA_R="8", LORA_ALPHA="16")
+    assert "ZeRO-3" in log and f"loaded the stage-1 projector from {projector}" in log
+    for path in (out / "checkpoint-1", out):
+        assert checkpoint_kind(str(path)) == "lora"
+        load_pretrained_model(str(path), tiny_llm("phi"), device="cpu")
+    # Under ZeRO-3 the saved projector is the gathered, full-size one.
+    stage1 = torch.load(projector, weights_only=True)
+    saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    for key, value in stage1.items():
+        assert saved["base_model.model." + key].shape == value.shape
+
+
+def test_full_finetune_zero3(launch):
+    out, log = launch("finetune.sh", "full")
+    assert "ZeRO-3" in log
+    assert checkpoint_kind(str(out)) == "full"
+    _, model, _, _ = load_pretrained_model(str(out), device="cpu")
+    assert model.get_model().mm_projector[0].weight.numel() > 0
+
+
+def test_qlora_zero2(launch, tiny_llm):
+    out, log = launch("finetune_qlora.sh", "qlora", LORA_R="8", LORA_ALPHA="16")
+    assert "ZeRO-2" in log
+    assert checkpoint_kind(str(out)) == "lora"
+    load_pretrained_model(str(out), tiny_llm("phi"), device="cpu")
