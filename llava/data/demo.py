@@ -12,6 +12,9 @@ writes into OUT:
     eval_questions.jsonl    held-out questions for `python -m llava.eval.model_vqa`
     eval_questions.json     the same in the official VQA questions format (for the scorer)
     eval_annotations.json   official VQA annotations format: 10 human answers per question
+
+`python -m llava.data.demo --baseline --out DIR` prints the majority-answer baseline of DIR's
+held-out questions: for each question type, the answer most common in the training data.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import random
+from collections import Counter
 
 from PIL import Image, ImageDraw
 
@@ -69,6 +73,51 @@ def questions_for(shape: str, color: str, rng: random.Random) -> list[tuple[str,
         ("shape", "What shape is in the image?", shape),
         ("presence", f"Is there a {asked} in the image?", "yes" if asked == shape else "no"),
     ]
+
+
+def question_type(question: str) -> str | None:
+    """'color', 'shape' or 'presence' for a demo question (with or without prompt/image), else None."""
+    text = question.replace("<image>", "").strip().split("\n")[0]
+    if text.startswith("What color"):
+        return "color"
+    if text.startswith("What shape"):
+        return "shape"
+    if text.startswith("Is there a"):
+        return "presence"
+    return None
+
+
+def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
+    """Held-out accuracy of always answering the training data's most common answer for the question type.
+
+    Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
+    """
+    with open(finetune_path) as f:
+        records = json.load(f)
+    counts: dict[str, Counter] = {}
+    for record in records:
+        turns = record["conversations"]
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            kind = question_type(human["value"])
+            if kind:
+                counts.setdefault(kind, Counter())[gpt["value"]] += 1
+    majority = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+    with open(annotations_path) as f:
+        annotations = json.load(f)["annotations"]
+    hits: dict[str, list[int]] = {}
+    for ann in annotations:
+        kind = ann["question_type"]
+        if kind not in majority:
+            raise ValueError(f"question type {kind!r} of question {ann['question_id']} never occurs in {finetune_path}")
+        hits.setdefault(kind, []).append(majority[kind] == ann["answers"][0]["answer"])
+    if not hits:
+        raise ValueError(f"{annotations_path} holds no annotations")
+    every = [h for kind_hits in hits.values() for h in kind_hits]
+    return {
+        "overall": 100.0 * sum(every) / len(every),
+        "per_type": {kind: 100.0 * sum(h) / len(h) for kind, h in sorted(hits.items())},
+        "answer": majority,
+    }
 
 
 def _write_json(path: str, payload) -> None:
@@ -176,7 +225,19 @@ def main(argv=None) -> None:
     parser.add_argument("--num-eval", type=int, default=150, help="held-out images (3 questions each)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--baseline", action="store_true", help="print the majority-answer baseline of the data in --out (writes nothing)"
+    )
     args = parser.parse_args(argv)
+    if args.baseline:
+        paths = {key: os.path.join(args.out, name) for key, name in (("finetune", "finetune.json"), ("annotations", "eval_annotations.json"))}
+        missing = [path for path in paths.values() if not os.path.exists(path)]
+        if missing:
+            raise SystemExit(f"--baseline: {missing[0]} not found; generate the data first (python -m llava.data.demo --out {args.out})")
+        result = majority_baseline(paths["finetune"], paths["annotations"])
+        per_type = ", ".join(f"{k} {v:.2f} ('{result['answer'][k]}')" for k, v in result["per_type"].items())
+        print(f"Majority baseline: {result['overall']:.2f}  (most common training answer per question type: {per_type})")
+        return
     paths = generate(args.out, args.num_train, args.num_eval, args.image_size, args.seed)
     print(f"wrote demo data to {args.out}: {args.num_train} training images, {args.num_eval * 3} held-out questions")
     for key, path in paths.items():
