@@ -78,7 +78,8 @@ def test_skip_invalid_counts_every_kind(env, tmp_path):
     bads = [{**good(env, 9), "id": f"bad-{k}", **patch} for k, (patch, _) in enumerate(BAD.values())]
     ds = make(env, tmp_path, [good(env, 0), *bads, text(1)], skip_invalid=True)
     assert len(ds) == 2 and ds.stats.total == 6
-    assert sum(ds.stats.skipped.values()) == 4
+    assert ds.stats.skipped == {"missing image": 1, "no answer": 1, "malformed conversation": 1,
+                                "more <image> markers than images": 1}
 
 
 def test_corrupt_image_and_overlong_at_load_time(env, tmp_path):
@@ -93,7 +94,11 @@ def test_corrupt_image_and_overlong_at_load_time(env, tmp_path):
     skipping = make(env, tmp_path, [corrupt, long, good(env, 2)], skip_invalid=True)
     item = skipping[0]  # replaced by the next good record
     assert int((item["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == 1
-    assert skipping.stats.skipped and sum(skipping.stats.skipped.values()) == 2
+    assert skipping.stats.skipped == {"corrupt image": 1, "too long": 1}
+    skipping[1]  # counted once, not per visit
+    assert sum(skipping.stats.skipped.values()) == 2
+    eager = make(env, tmp_path, [corrupt, long, good(env, 2)], skip_invalid=True, lazy=False)
+    assert len(eager) == 1 and len(eager.modality_lengths) == 1 and eager.stats.skipped == {"corrupt image": 1, "too long": 1}
 
 
 def test_jsonl_and_malformed_files(env, tmp_path):

@@ -58,8 +58,7 @@ class DataStats:
     truncated: int = 0
 
     def skip(self, error: InvalidRecord) -> None:
-        reason = error.reason.split(";")[0][:80]
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.skipped[error.kind] = self.skipped.get(error.kind, 0) + 1
 
 
 class LazySupervisedDataset(Dataset):
@@ -90,7 +89,8 @@ class LazySupervisedDataset(Dataset):
         self.skip_invalid = skip_invalid
         self.stats = DataStats()
         self.records = self._validate(read_records(data_path), data_path)
-        self._cache = None if lazy else [self._build(i) for i in range(len(self.records))]
+        self._bad: set[int] = set()  # records that failed to load, each counted once
+        self._cache = None if lazy else self._build_all()
 
     # -- upfront checks ----------------------------------------------------------------------
     def _validate(self, records: list, data_path: str) -> list:
@@ -101,7 +101,7 @@ class LazySupervisedDataset(Dataset):
             record_id = record.get("id", f"#{n}") if isinstance(record, dict) else f"#{n}"
             try:
                 if not isinstance(record, dict):
-                    raise InvalidRecord(record_id, "is not a JSON object")
+                    raise InvalidRecord(record_id, "is not a JSON object", "not a JSON object")
                 paths = image_paths(record)
                 if paths and self.image_processor is None:
                     raise InvalidRecord(record_id, "has an image but the model has no vision tower")
@@ -109,11 +109,12 @@ class LazySupervisedDataset(Dataset):
                 for path in paths:
                     full = os.path.join(self.image_folder, path)
                     if not os.path.isfile(full):
-                        raise InvalidRecord(record_id, f"image {full} does not exist; check --image_folder")
+                        raise InvalidRecord(record_id, f"image {full} does not exist; check --image_folder", "missing image")
             except InvalidRecord as error:
                 if not self.skip_invalid:
                     raise InvalidRecord(
-                        record_id, f"{error.reason} (in {data_path}; pass --skip_invalid True to skip such records)"
+                        record_id, f"{error.reason} (in {data_path}; pass --skip_invalid True to skip such records)",
+                        error.kind,
                     ) from None
                 self.stats.skip(error)
                 logger.warning("skipping %s", error)
@@ -144,17 +145,37 @@ class LazySupervisedDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self._cache is not None:
             return self._cache[i]
-        # With --skip_invalid a bad record is replaced by the next good one (and counted).
+        # With --skip_invalid a bad record is replaced by the next good one (and counted once).
         for attempt in range(len(self.records)):
             index = (i + attempt) % len(self.records)
+            if index in self._bad:
+                continue
             try:
                 return self._build(index)
             except InvalidRecord as error:
-                if not self.skip_invalid:
-                    raise
-                self.stats.skip(error)
-                logger.warning("skipping %s", error)
+                self._reject(index, error)
         raise RuntimeError("every record failed to load; see the warnings above")
+
+    def _reject(self, index: int, error: InvalidRecord) -> None:
+        if not self.skip_invalid:
+            raise error
+        self._bad.add(index)
+        self.stats.skip(error)
+        logger.warning("skipping %s", error)
+
+    def _build_all(self) -> list[dict]:
+        """--lazy_preprocess False: every sample tokenised (and its images loaded) before training."""
+        items, kept = [], []
+        for index, record in enumerate(self.records):
+            try:
+                items.append(self._build(index))
+                kept.append(record)
+            except InvalidRecord as error:
+                self._reject(index, error)
+        if not items:
+            raise ValueError("no valid record left; see the warnings above")
+        self.records, self._bad = kept, set()
+        return items
 
     def _build(self, index: int) -> dict:
         record = self.records[index]
@@ -183,6 +204,6 @@ class LazySupervisedDataset(Dataset):
         try:
             return load_image(full)
         except (OSError, ValueError) as e:
-            raise InvalidRecord(record_id, f"image {full} cannot be read ({e})") from None
+            raise InvalidRecord(record_id, f"image {full} cannot be read ({e})", "corrupt image") from None
 
 

@@ -23,10 +23,11 @@ ASSISTANT_ROLES = ("gpt", "assistant")
 class InvalidRecord(ValueError):
     """A training record that cannot become a sample; the message names it and says what to fix."""
 
-    def __init__(self, record_id, reason: str):
+    def __init__(self, record_id, reason: str, kind: str = "malformed conversation"):
         super().__init__(f"record {record_id!r}: {reason}")
         self.record_id = record_id
         self.reason = reason
+        self.kind = kind  # short category for the end-of-run summary
 
 
 @dataclass
@@ -50,12 +51,16 @@ def check_conversation(record_id, conversations, num_images: int) -> None:
                 f"turn {i} is from {turn['from']!r} but turns must alternate human, gpt, human, gpt, ... "
                 "starting with the human",
             )
+        if i % 2 == 1 and not turn["value"].strip():
+            raise InvalidRecord(record_id, f"turn {i} is an empty assistant answer; no answer token to learn from", "no answer")
     if len(conversations) < 2:
-        raise InvalidRecord(record_id, "the conversation has no assistant ('gpt') turn to learn from")
+        raise InvalidRecord(record_id, "the conversation has no assistant ('gpt') turn to learn from", "no answer")
     markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in conversations)
     if markers > num_images:
         raise InvalidRecord(
-            record_id, f"{markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} image(s); give one image per marker"
+            record_id,
+            f"{markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} image(s); give one image per marker",
+            "more <image> markers than images",
         )
     if any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in conversations[1:]) and num_images == 1:
         raise InvalidRecord(record_id, f"the {DEFAULT_IMAGE_TOKEN} marker must be in the first human turn")
@@ -114,7 +119,7 @@ def preprocess(
         if span is not None and start >= 0 and start < span[1] and end > span[0]:
             labels[i] = ids[i]
     if all(label == IGNORE_INDEX for label in labels):
-        raise InvalidRecord(record_id, "no answer token to learn from (are all assistant answers empty?)")
+        raise InvalidRecord(record_id, "no answer token to learn from (are all assistant answers empty?)", "no answer")
 
     truncated = False
     if max_length is not None:
@@ -127,6 +132,7 @@ def preprocess(
                     record_id,
                     f"{len(ids) + extra} tokens with its images expanded; --model_max_length {max_length} "
                     "would cut into the images. Raise --model_max_length or shorten the first turn.",
+                    "too long",
                 )
             ids, labels, truncated = ids[:keep], labels[:keep], True
             if all(label == IGNORE_INDEX for label in labels):
@@ -134,5 +140,6 @@ def preprocess(
                     record_id,
                     f"{len(offsets) + extra} tokens; cut to --model_max_length {max_length} no answer token is left. "
                     "Raise --model_max_length or split the conversation.",
+                    "too long",
                 )
     return Sample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), truncated)
