@@ -59,8 +59,10 @@ def save_config(model, output_dir: str) -> None:
 
 
 def save_projector_checkpoint(model, output_dir: str, state: dict) -> None:
-    weights = {k: v for k, v in state.items() if MM_PROJECTOR in k}
-    if not weights:
+    # Everything stage 1 trained: the projector, plus the embeddings when --mm_use_im_start_end added
+    # tokens (official LLaVA's layout; loaders take the `mm_projector.*` keys they need).
+    weights = dict(state)
+    if not any(MM_PROJECTOR in k for k in weights):
         raise RuntimeError("the projector is not trainable; nothing to write to mm_projector.bin")
     save_config(model, output_dir)
     torch.save(weights, os.path.join(output_dir, "mm_projector.bin"))
