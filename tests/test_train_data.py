@@ -29,7 +29,7 @@ def env(tiny_llm, tiny_clip, demo_data, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("images"))
     for name in sorted(os.listdir(demo_data["image_folder"]))[:4]:
         shutil.copy(os.path.join(demo_data["image_folder"], name), folder)
-    good = sorted(os.listdir(folder))[0]
+    good = min(os.listdir(folder))
     with open(os.path.join(folder, "corrupt.png"), "wb") as f:
         f.write(b"not a png at all")
     return dict(tok=tok, folder=folder, good=good, processor=CLIPImageProcessor.from_pretrained(tiny_clip))
@@ -79,7 +79,7 @@ def test_skip_invalid_counts_every_kind(env, tmp_path):
     ds = make(env, tmp_path, [good(env, 0), *bads, text(1)], skip_invalid=True)
     assert len(ds) == 2 and ds.stats.total == 6
     assert ds.stats.skipped == {"missing image": 1, "no answer": 1, "malformed conversation": 1,
-                                "more <image> markers than images": 1}
+                                "<image> markers do not match images": 1}
 
 
 def test_corrupt_image_and_overlong_at_load_time(env, tmp_path):

@@ -32,7 +32,7 @@ def launch(tiny_llm, tiny_clip, demo_data, tmp_path_factory):
             "NUM_GPUS": "2", **env,
         }
         proc = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=variables, cwd=REPO,
-                              capture_output=True, text=True, timeout=400)
+                              capture_output=True, text=True, timeout=400, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"checkpoint in {out}" in proc.stdout
         return out, proc.stdout + proc.stderr

@@ -98,7 +98,7 @@ def test_end_separator_equal_to_pad_is_still_trained(tokenizers):
     samples = [preprocess(c, tok, "phi", num_images=n) for c, n in ((MULTI, 1), (TEXT_ONLY, 0))]
     batch = DataCollatorForSupervisedDataset(tok)([{"input_ids": s.input_ids, "labels": s.labels} for s in samples])
     eos = tok.eos_token_id
-    trained_eos = ((batch["labels"] == eos)).sum(dim=1)
+    trained_eos = (batch["labels"] == eos).sum(dim=1)
     assert trained_eos.tolist() == [2, 1]  # one per answer, padding excluded
     short = len(samples[1].input_ids)
     assert batch["attention_mask"][1, :short].all() and not batch["attention_mask"][1, short:].any()

@@ -7,7 +7,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import torch
 from torch.utils.data import Dataset
 
 from llava.mm_utils import load_image, process_images

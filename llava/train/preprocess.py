@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token
 
@@ -56,11 +62,11 @@ def check_conversation(record_id, conversations, num_images: int) -> None:
     if len(conversations) < 2:
         raise InvalidRecord(record_id, "the conversation has no assistant ('gpt') turn to learn from", "no answer")
     markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in conversations)
-    if markers > num_images:
+    if markers > num_images or 0 < markers < num_images:
         raise InvalidRecord(
             record_id,
             f"{markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} image(s); give one image per marker",
-            "more <image> markers than images",
+            "<image> markers do not match images",
         )
     if any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in conversations[1:]) and num_images == 1:
         raise InvalidRecord(record_id, f"the {DEFAULT_IMAGE_TOKEN} marker must be in the first human turn")
@@ -73,11 +79,10 @@ def place_image_markers(conversations, num_images: int, mm_use_im_start_end: boo
     markers still shows the model its image.
     """
     turns = [dict(turn) for turn in conversations]
-    first = turns[0]["value"]
-    if num_images == 1 or DEFAULT_IMAGE_TOKEN not in first:
-        if num_images:
-            text = first.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-            turns[0]["value"] = (DEFAULT_IMAGE_TOKEN + "\n") * num_images + text
+    markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
+    if num_images and (num_images == 1 or markers == 0):
+        text = turns[0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        turns[0]["value"] = (DEFAULT_IMAGE_TOKEN + "\n") * num_images + text
     if mm_use_im_start_end:
         for turn in turns:
             turn["value"] = turn["value"].replace(
