@@ -24,10 +24,10 @@
 #   BATCH_SIZE      per-device batch size     (default: 16 on GPU, 4 on CPU)
 #   GRAD_ACCUM      gradient accumulation     (default: 1)
 #   EPOCHS          training epochs           (default: 1)
-#   MAX_STEPS       stop after this many steps (default: -1 on GPU, 20 on CPU)
+#   MAX_STEPS       stop after this many steps (default: -1 on GPU, 12 on CPU)
 #   LR              learning rate             (default per launcher)
 #   MODEL_MAX_LENGTH  sequence limit, image patches included (default: 2048)
-#   SAVE_STEPS      checkpoint-N every N steps (default: 50 on GPU, 10 on CPU)
+#   SAVE_STEPS      checkpoint-N every N steps (default: 50 on GPU, 6 on CPU)
 #   EXTRA_ARGS      more llava.train.train flags, appended last (e.g. "--report_to wandb")
 
 set -euo pipefail
@@ -74,8 +74,8 @@ if [[ "$ON_GPU" == 1 ]]; then
 else
     NUM_GPUS="${NUM_GPUS:-2}"
     BATCH_SIZE="${BATCH_SIZE:-4}"
-    MAX_STEPS="${MAX_STEPS:-20}"
-    SAVE_STEPS="${SAVE_STEPS:-10}"
+    MAX_STEPS="${MAX_STEPS:-12}"
+    SAVE_STEPS="${SAVE_STEPS:-6}"
     # fp16 does not exist on the CPU and bf16 is slow without AMX: train in fp32 there.
     DEVICE_ARGS=(--use_cpu True --dataloader_num_workers 0)
 fi

@@ -42,7 +42,7 @@ def save_mode(modules) -> str:
 
 
 def build_datasets(data_args, training_args, tokenizer, model, template):
-    tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else model.get_base_model().get_vision_tower()
+    tower = model.get_vision_tower()  # a peft wrapper forwards this to the LLaVA model
     image_processor = tower.load_image_processor()
     config = model.config
     common = dict(
