@@ -169,6 +169,27 @@ def test_projector_only_checkpoint_loads_over_base(tiny_llm, tiny_clip, tmp_path
         torch.testing.assert_close(loaded(ids, images=image).logits, model(ids, images=image).logits)
 
 
+def test_projector_checkpoint_with_im_start_end_embeddings_loads(tiny_llm, tiny_clip, tmp_path):
+    """Stage 1 with --mm_use_im_start_end also trains the new tokens' embedding rows (official layout)."""
+    model = build(tiny_llm, tiny_clip, "llama", projector="linear").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm("llama"))
+    assert model.initialize_vision_tokenizer(tokenizer, mm_use_im_start_end=True) == 2
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-2:].normal_()
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    weights = {f"model.mm_projector.{k}": v for k, v in model.get_model().mm_projector.state_dict().items()}
+    weights["model.embed_tokens.weight"] = model.get_input_embeddings().weight.detach().clone()
+    torch.save(weights, tmp_path / "mm_projector.bin")
+
+    loaded_tokenizer, loaded, _, _ = load_pretrained_model(str(tmp_path), model_base=tiny_llm("llama"))
+    assert len(loaded_tokenizer) == 32002 == loaded.get_input_embeddings().num_embeddings
+    ids = tokenizer_image_token("<im_start><image><im_end>\nWhat?", loaded_tokenizer, return_tensors="pt")[None]
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, images=image).logits, model(ids, images=image).logits)
+
+
 def test_lora_checkpoint_loads_over_base_and_merges(tiny_llm, tiny_clip, tmp_path):
     from peft import LoraConfig, get_peft_model
 

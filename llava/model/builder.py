@@ -15,6 +15,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
 
+from llava.model.llava_arch import load_projector_weights
 from llava.model.quantization import bnb_config
 from llava.model.registry import backbone_for_config
 
@@ -52,6 +53,18 @@ def load_non_lora_trainables(model, path: str) -> None:
     # peft-wrapped names ("base_model.model.model.mm_projector...") -> plain model names.
     weights = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
     result = model.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{path} holds weights this model does not have: {result.unexpected_keys[:5]}")
+
+
+def load_stage1_weights(model, path: str) -> None:
+    """The projector, plus the embedding rows stage 1 trained for `--mm_use_im_start_end` tokens."""
+    load_projector_weights(model.get_model().mm_projector, path)
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    extra = {k: v for k, v in weights.items() if "mm_projector." not in k}
+    if not extra:
+        return
+    result = model.load_state_dict(extra, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{path} holds weights this model does not have: {result.unexpected_keys[:5]}")
 
@@ -102,12 +115,14 @@ def load_pretrained_model(
         config = AutoConfig.from_pretrained(model_path)
         backbone = backbone_for_config(config)
         logger.info("loading %s base %s for %s checkpoint %s", backbone.name, model_base, kind, model_path)
+        # Load the base at its own vocabulary size, then grow to the tokens training added.
+        trained_vocab, config.vocab_size = config.vocab_size, AutoConfig.from_pretrained(model_base).vocab_size
         model = backbone.model_class.from_pretrained(model_base, config=config, **load_kwargs)
+        if trained_vocab != config.vocab_size:
+            model.resize_embeddings(trained_vocab)
         tokenizer_source = model_path if _has_tokenizer(model_path) else model_base
         if kind == "projector":
-            from llava.model.llava_arch import load_projector_weights
-
-            load_projector_weights(model.get_model().mm_projector, os.path.join(model_path, "mm_projector.bin"))
+            load_stage1_weights(model, os.path.join(model_path, "mm_projector.bin"))
         else:
             model = _apply_lora(model, model_path, merge=quantization is None)
 

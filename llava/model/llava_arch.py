@@ -323,13 +323,22 @@ class LlavaMetaForCausalLM:
             return 0
         added = tokenizer.add_tokens(new_tokens, special_tokens=True)
         if len(tokenizer) > self.get_input_embeddings().num_embeddings:
-            self.resize_token_embeddings(len(tokenizer))
+            self.resize_embeddings(len(tokenizer))
         if added:
-            # New rows start at the mean of the old ones so they do not dominate early training.
-            new_ids = torch.tensor(tokenizer.convert_tokens_to_ids(new_tokens))
-            old = torch.ones(self.get_input_embeddings().num_embeddings, dtype=torch.bool)
-            old[new_ids] = False
-            for matrix in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
-                with torch.no_grad():
-                    matrix[new_ids] = matrix[old].mean(dim=0, keepdim=True)
+            self._init_rows_to_mean(torch.tensor(tokenizer.convert_tokens_to_ids(new_tokens)))
         return added
+
+    def resize_embeddings(self, num_tokens: int) -> None:
+        """Grow (or shrink) the vocabulary; new rows start at the mean of the old ones, deterministically."""
+        old = self.get_input_embeddings().num_embeddings
+        self.resize_token_embeddings(num_tokens, mean_resizing=False)
+        if num_tokens > old:
+            self._init_rows_to_mean(torch.arange(old, num_tokens))
+
+    def _init_rows_to_mean(self, rows: torch.Tensor) -> None:
+        # Mean rows keep new tokens from dominating early training.
+        keep = torch.ones(self.get_input_embeddings().num_embeddings, dtype=torch.bool)
+        keep[rows] = False
+        for matrix in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
+            with torch.no_grad():
+                matrix[rows] = matrix[keep].mean(dim=0, keepdim=True)
