@@ -17,13 +17,16 @@ class LlavaPhiModel(LlavaMetaModel, PhiModel):
 
 
 def tiny_config(hidden_size=64, num_layers=2):
+    # Phi-2 rotates 40 % of each head; keep the rotated width even so any hidden size works.
+    head_dim = hidden_size // 4
+    rotary_dim = max(2, int(head_dim * 0.4) // 2 * 2)
     return PhiConfig(
         vocab_size=51200,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
-        partial_rotary_factor=0.4,
+        partial_rotary_factor=rotary_dim / head_dim,
         max_position_embeddings=2048,
         tie_word_embeddings=False,
     )
