@@ -16,7 +16,7 @@
 #   SELECT_LAYER    --mm_vision_select_layer
 #   NUM_TRAIN NUM_EVAL                              training images / held-out images (3 questions each)
 #   PRETRAIN_STEPS PRETRAIN_LR PRETRAIN_BATCH       stage 1 (batch per process; default 600, 1e-3, 16)
-#   FINETUNE_STEPS FINETUNE_LR FINETUNE_BATCH       stage 2 (batch per process; default 120, 1e-3, 16)
+#   FINETUNE_STEPS FINETUNE_LR FINETUNE_BATCH       stage 2 (batch per process; default 200, 1e-3, 16)
 #   EVAL_BATCH      model_vqa --batch-size
 #   NUM_GPUS        training processes              (default: 1)
 #   OMP_NUM_THREADS torch threads per process       (default: 1; see below)
@@ -30,7 +30,7 @@ BACKBONE="${BACKBONE:-phi}"
 if [[ "${DEMO_QUICK:-0}" == 1 ]]; then
     Q_LLM_HIDDEN=64 Q_LLM_LAYERS=1 Q_NUM_TRAIN=32 Q_NUM_EVAL=4 Q_PRETRAIN_STEPS=2 Q_FINETUNE_STEPS=2 Q_BATCH=4
 else
-    Q_LLM_HIDDEN=64 Q_LLM_LAYERS=4 Q_NUM_TRAIN=2000 Q_NUM_EVAL=150 Q_PRETRAIN_STEPS=600 Q_FINETUNE_STEPS=120 Q_BATCH=16
+    Q_LLM_HIDDEN=64 Q_LLM_LAYERS=4 Q_NUM_TRAIN=2000 Q_NUM_EVAL=150 Q_PRETRAIN_STEPS=600 Q_FINETUNE_STEPS=200 Q_BATCH=16
 fi
 LLM_HIDDEN="${LLM_HIDDEN:-$Q_LLM_HIDDEN}"
 LLM_LAYERS="${LLM_LAYERS:-$Q_LLM_LAYERS}"
