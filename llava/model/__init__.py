@@ -1,6 +1,6 @@
-"""LLaVA models: importing this package registers every backbone with the HF Auto classes."""
+"""LLaVA models: importing this package registers every backbone with the HF Auto classes
+(the imports below load `language_model`, whose modules each register one backbone)."""
 
-from llava.model import language_model  # noqa: F401  (registers backbones)
 from llava.model.language_model.llava_llama import LlavaLlamaConfig, LlavaLlamaForCausalLM
 from llava.model.language_model.llava_mpt import LlavaMptConfig, LlavaMptForCausalLM
 from llava.model.language_model.llava_opt import LlavaOPTConfig, LlavaOPTForCausalLM

@@ -59,8 +59,8 @@ def load_non_lora_trainables(model, path: str) -> None:
 
 def load_stage1_weights(model, path: str) -> None:
     """The projector, plus the embedding rows stage 1 trained for `--mm_use_im_start_end` tokens."""
-    load_projector_weights(model.get_model().mm_projector, path)
     weights = torch.load(path, map_location="cpu", weights_only=True)
+    load_projector_weights(model.get_model().mm_projector, path, weights)
     extra = {k: v for k, v in weights.items() if "mm_projector." not in k}
     if not extra:
         return

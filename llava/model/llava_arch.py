@@ -34,9 +34,13 @@ def _strip_prefix_to(state_dict: dict, marker: str) -> dict:
     return {k.split(marker, 1)[1]: v for k, v in state_dict.items() if marker in k}
 
 
-def load_projector_weights(projector: nn.Module, path: str) -> None:
-    """Load an official-layout `mm_projector.bin` (keys `*mm_projector.*`) into `projector`."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+def load_projector_weights(projector: nn.Module, path: str, weights: dict | None = None) -> None:
+    """Load an official-layout `mm_projector.bin` (keys `*mm_projector.*`) into `projector`.
+
+    `weights`: the file's contents when the caller has already read it (named by `path` in errors).
+    """
+    if weights is None:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
     weights = _strip_prefix_to(weights, "mm_projector.")
     if not weights:
         raise ValueError(f"{path} holds no 'mm_projector.*' weights; is it a stage-1 mm_projector.bin?")
