@@ -265,3 +265,38 @@ def test_stage1_projector_file_loads_with_shape_check(tiny_llm, tiny_clip, tmp_p
 def test_image_markers_reach_forward_as_minus_200(tiny_llm):
     ids = prompt_ids(tiny_llm, "llama", "a <image> b <image> c")
     assert (ids == IMG).sum() == 2
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_label_logits_only_gives_the_same_loss_and_gradients(tiny_llm, tiny_clip, backbone):
+    model = build(tiny_llm, tiny_clip, backbone).eval()  # eval: no dropout, so both passes are comparable
+    ids = prompt_ids(tiny_llm, backbone).repeat(2, 1)
+    labels = ids.clamp(min=0)
+    labels[:, : ids.shape[1] // 2] = -100  # only the answer half is predicted
+    labels[1, -2:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0  # right padding on the second row
+    images = torch.randn(2, 3, 32, 32)
+
+    def loss_and_grads(label_logits_only, **extra):
+        model.zero_grad()
+        model.label_logits_only = label_logits_only
+        out = model(ids, attention_mask=mask, images=images, labels=labels, **extra)
+        out.loss.backward()
+        return out, out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_out, full_loss, full_grads = loss_and_grads(False)
+    sparse_out, sparse_loss, sparse_grads = loss_and_grads(True)
+    assert full_out.logits is not None and sparse_out.logits is None
+    torch.testing.assert_close(sparse_loss, full_loss)
+    assert sparse_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(sparse_grads[name], full_grads[name], msg=name)
+    # Under gradient accumulation the Trainer passes the token count of the whole accumulated batch.
+    n_items = torch.tensor(40)
+    _, full_sum, _ = loss_and_grads(False, num_items_in_batch=n_items)
+    _, sparse_sum, _ = loss_and_grads(True, num_items_in_batch=n_items)
+    torch.testing.assert_close(sparse_sum, full_sum)
+    merged_labels = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images)[-1]
+    predicted = int((merged_labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(sparse_sum, full_loss * predicted / 40)

@@ -15,6 +15,7 @@ import logging
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.constants import (
     DEFAULT_IM_END_TOKEN,
@@ -109,6 +110,9 @@ class LlavaMetaModel:
 
 class LlavaMetaForCausalLM:
     """Mixin for a backbone's causal-LM class (listed first, so it wraps `forward`/`generate`)."""
+
+    # Training turns this on (--label_logits_only): with labels, forward returns only the loss.
+    label_logits_only = False
 
     def get_model(self):
         return getattr(self, self.base_model_prefix)
@@ -279,6 +283,10 @@ class LlavaMetaForCausalLM:
             )
         if self._accepts_position_ids():
             kwargs["position_ids"] = position_ids
+        if labels is not None and self.label_logits_only and not kwargs.get("output_hidden_states"):
+            return self._loss_at_label_positions(
+                inputs_embeds, attention_mask, past_key_values, labels, use_cache, **kwargs
+            )
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -287,6 +295,38 @@ class LlavaMetaForCausalLM:
             labels=labels,
             use_cache=use_cache,
             **kwargs,
+        )
+
+    def _loss_at_label_positions(self, inputs_embeds, attention_mask, past_key_values, labels, use_cache, **kwargs):
+        """The causal-LM loss with the LM head applied only where a label is predicted.
+
+        Full-vocabulary logits at every position (51,200 x sequence for Phi) dominate a small
+        model's step; answer tokens are a small share of a LLaVA sequence. Same loss (mean over
+        predicted tokens, or sum / num_items_in_batch as the HF Trainer asks under gradient
+        accumulation); `logits` is not returned.
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("logits_to_keep", None)
+        outputs = self.get_model()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs[0]
+        # Position t predicts token t + 1.
+        targets = labels[:, 1:].to(hidden.device)
+        picked = targets != IGNORE_INDEX
+        logits = self.get_output_embeddings()(hidden[:, :-1][picked]).float()
+        loss = nn.functional.cross_entropy(logits, targets[picked], reduction="sum")
+        if num_items_in_batch is None:
+            loss = loss / picked.sum().clamp(min=1)
+        else:
+            loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            past_key_values=getattr(outputs, "past_key_values", None),
         )
 
     def _accepts_position_ids(self) -> bool:

@@ -57,6 +57,11 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False, metadata={"help": "batches are all-image or all-text, grouped by length"}
     )
     mm_projector_lr: float | None = field(default=None, metadata={"help": "projector learning rate (default: --learning_rate)"})
+    label_logits_only: bool = field(
+        default=True,
+        metadata={"help": "apply the LM head only where an answer token is predicted (same loss, far less "
+                  "compute over a large vocabulary); False computes full logits as the backbone does"},
+    )
     lora_enable: bool = field(default=False)
     lora_r: int = field(default=64)
     lora_alpha: int = field(default=16)

@@ -114,6 +114,7 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
     logger.info("loading %s LLM %s (%s)", backbone.name, model_args.model_name_or_path, dtype)
     model = backbone.model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
     model.config.use_cache = False
+    model.label_logits_only = training_args.label_logits_only
     tokenizer = load_tokenizer(model_args, training_args)
 
     with _outside_zero3():
