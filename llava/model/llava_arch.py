@@ -134,11 +134,14 @@ class LlavaMetaForCausalLM:
     # -- images ----------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) pixels -> (N, num_patches, hidden) embeddings in the LLM's space."""
-        features = self.get_vision_tower()(images)
+        return self.project_features(self.get_vision_tower()(images))
+
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The vision tower's (N, num_patches, mm_hidden) output (fresh or cached) -> LLM embeddings."""
         projector = self.get_model().mm_projector
         first = next(projector.parameters(), None)
         if first is not None:
-            features = features.to(first.dtype)
+            features = features.to(device=first.device, dtype=first.dtype)
         return projector(features)
 
     def _images_for_markers(self, images, markers_per_sample: torch.Tensor) -> torch.Tensor:
@@ -167,9 +170,13 @@ class LlavaMetaForCausalLM:
 
     # -- the merge -------------------------------------------------------------------------
     def prepare_inputs_labels_for_multimodal(
-        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
+        image_features=None,
     ):
         """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected patch features.
+
+        `image_features` (instead of `images`): the tower's outputs, one per marker, e.g. from a
+        vision feature cache; then only the projector runs.
 
         Returns `(input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels)`
         as official LLaVA does: `input_ids` is None once embeddings were built. Image positions
@@ -184,20 +191,30 @@ class LlavaMetaForCausalLM:
         n_markers = int(markers_per_sample.sum())
 
         if n_markers == 0:
-            if images is None or not self.training:
+            if (images is None and image_features is None) or not self.training:
                 return input_ids, position_ids, attention_mask, past_key_values, None, labels
-            # A text-only training batch still runs the tower and projector (on a placeholder, with a
-            # zero-weighted result) so every rank touches the same parameters under ZeRO-3.
+            # A text-only training batch still runs the vision modules (on a placeholder, with a
+            # zero-weighted result) so every rank touches the same parameters under ZeRO-3. With
+            # cached features no rank ever runs the (frozen) tower, so the projector alone does.
             embeds = self.get_model().get_input_embeddings()(input_ids)
-            image_size = tower.config.image_size
-            dummy = torch.zeros(1, tower.config.num_channels, image_size, image_size, device=embeds.device)
-            embeds = embeds + 0.0 * self.encode_images(dummy).sum().to(embeds.dtype)
+            if image_features is not None:
+                dummy = self.project_features(image_features.new_zeros(1, *image_features.shape[1:]))
+            else:
+                image_size = tower.config.image_size
+                pixels = torch.zeros(1, tower.config.num_channels, image_size, image_size, device=embeds.device)
+                dummy = self.encode_images(pixels)
+            embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
             return None, position_ids, attention_mask, past_key_values, embeds, labels
-        if images is None:
-            raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
 
-        image_features = self.encode_images(self._images_for_markers(images, markers_per_sample))
-        return (None, *self._merge(input_ids, is_image, attention_mask, labels, image_features, past_key_values))
+        if image_features is not None:
+            if isinstance(image_features, (list, tuple)):
+                image_features = torch.cat(list(image_features))
+            projected = self.project_features(self._images_for_markers(image_features, markers_per_sample))
+        elif images is not None:
+            projected = self.encode_images(self._images_for_markers(images, markers_per_sample))
+        else:
+            raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
+        return (None, *self._merge(input_ids, is_image, attention_mask, labels, projected, past_key_values))
 
     def _merge(self, input_ids, is_image, attention_mask, labels, image_features, past_key_values):
         batch, seq_len = input_ids.shape
@@ -273,12 +290,14 @@ class LlavaMetaForCausalLM:
         use_cache=None,
         images=None,
         image_sizes=None,
+        image_features=None,
         **kwargs,
     ):
         if inputs_embeds is None:
             input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
-                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes,
+                    image_features=image_features,
                 )
             )
         if self._accepts_position_ids():

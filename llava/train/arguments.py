@@ -62,6 +62,11 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "apply the LM head only where an answer token is predicted (same loss, far less "
                   "compute over a large vocabulary); False computes full logits as the backbone does"},
     )
+    vision_feature_cache: str | None = field(
+        default=None,
+        metadata={"help": "folder caching the frozen vision tower's outputs: computed once (or reused when tower, "
+                  "select layer/feature and image processing match), then training skips image decode and the tower"},
+    )
     lora_enable: bool = field(default=False)
     lora_r: int = field(default=64)
     lora_alpha: int = field(default=16)
@@ -118,4 +123,7 @@ def resolve_train_modules(model_args: ModelArguments, training_args: TrainingArg
         raise ValueError(f"--bits {training_args.bits} quantizes the LLM, which then cannot train fully; add --lora_enable True")
     if not modules:
         raise ValueError("nothing to train: --train_modules is empty")
+    if training_args.vision_feature_cache and "vision_tower" in modules:
+        raise ValueError("--vision_feature_cache needs a frozen vision tower (its outputs must not change during "
+                         "training); drop 'vision_tower' from --train_modules or drop --vision_feature_cache")
     return frozenset(modules)

@@ -1,4 +1,8 @@
-"""Lazy LLaVA dataset: records are checked upfront, tokenised and their images loaded per step."""
+"""Lazy LLaVA dataset: records are checked upfront, tokenised and their images loaded per step.
+
+With a vision feature cache (llava.train.feature_cache) a sample carries its images' cached
+tower outputs ("image_features") instead of pixels ("images"), and no image is decoded.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass, field
 from torch.utils.data import Dataset
 
 from llava.mm_utils import load_image, process_images
+from llava.train.feature_cache import FeatureCache, UnreadableImage
 from llava.train.preprocess import InvalidRecord, Sample, check_conversation, preprocess
 
 logger = logging.getLogger(__name__)
@@ -76,6 +81,7 @@ class LazySupervisedDataset(Dataset):
         mm_use_im_start_end: bool = False,
         skip_invalid: bool = False,
         lazy: bool = True,
+        feature_cache: FeatureCache | None = None,
     ):
         self.tokenizer = tokenizer
         self.template = template
@@ -86,10 +92,13 @@ class LazySupervisedDataset(Dataset):
         self.image_tokens = image_tokens
         self.mm_use_im_start_end = mm_use_im_start_end
         self.skip_invalid = skip_invalid
+        self.feature_cache = feature_cache
         self.stats = DataStats()
         self.records = self._validate(read_records(data_path), data_path)
         self._bad: set[int] = set()  # records that failed to load, each counted once
-        self._cache = None if lazy else self._build_all()
+        self._cache = None
+        if not lazy:
+            self.preload()
 
     # -- upfront checks ----------------------------------------------------------------------
     def _validate(self, records: list, data_path: str) -> list:
@@ -162,8 +171,11 @@ class LazySupervisedDataset(Dataset):
         self.stats.skip(error)
         logger.warning("skipping %s", error)
 
-    def _build_all(self) -> list[dict]:
+    def preload(self) -> None:
         """--lazy_preprocess False: every sample tokenised (and its images loaded) before training."""
+        self._cache = self._build_all()
+
+    def _build_all(self) -> list[dict]:
         items, kept = [], []
         for index, record in enumerate(self.records):
             try:
@@ -176,17 +188,24 @@ class LazySupervisedDataset(Dataset):
         self.records, self._bad = kept, set()
         return items
 
+    def image_files(self) -> list[str]:
+        """Every image the valid records use, as paths on disk (what a feature cache must hold)."""
+        return [os.path.join(self.image_folder, path) for record in self.records for path in image_paths(record)]
+
     def _build(self, index: int) -> dict:
         record = self.records[index]
         record_id = record.get("id", f"#{index}")
         paths = image_paths(record)
-        images = [self._load_image(record_id, path) for path in paths]
+        if self.feature_cache is not None:
+            images, features = [], self._cached_features(record_id, paths) if paths else None
+        else:
+            images, features = [self._load_image(record_id, path) for path in paths], None
         sample: Sample = preprocess(
             record["conversations"],
             self.tokenizer,
             self.template,
             record_id=record_id,
-            num_images=len(images),
+            num_images=len(paths),
             mm_use_im_start_end=self.mm_use_im_start_end,
             max_length=self.max_length,
             image_tokens=self.image_tokens,
@@ -196,7 +215,15 @@ class LazySupervisedDataset(Dataset):
         item = {"input_ids": sample.input_ids, "labels": sample.labels}
         if images:
             item["images"] = process_images(images, self.image_processor, self.model_config)
+        if features is not None:
+            item["image_features"] = features
         return item
+
+    def _cached_features(self, record_id, paths: list[str]):
+        try:
+            return self.feature_cache.lookup([os.path.join(self.image_folder, path) for path in paths])
+        except UnreadableImage as e:
+            raise InvalidRecord(record_id, str(e), "corrupt image") from None
 
     def _load_image(self, record_id, path: str):
         full = os.path.join(self.image_folder, path)

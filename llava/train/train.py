@@ -15,6 +15,7 @@ import transformers
 
 from llava.train.arguments import parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
+from llava.train import feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
 from llava.train.trainer import LLaVATrainer
@@ -41,7 +42,8 @@ def save_mode(modules) -> str:
     return "projector" if modules == {"projector"} else "full"
 
 
-def build_datasets(data_args, training_args, tokenizer, model, template):
+def build_data(data_args, training_args, tokenizer, model, template):
+    """(train dataset, eval dataset or None, image processor, collator); pixels or cached tower outputs."""
     tower = model.get_vision_tower()  # a peft wrapper forwards this to the LLaVA model
     image_processor = tower.load_image_processor()
     config = model.config
@@ -55,13 +57,35 @@ def build_datasets(data_args, training_args, tokenizer, model, template):
         image_tokens=tower.num_patches,
         mm_use_im_start_end=config.mm_use_im_start_end,
         skip_invalid=data_args.skip_invalid,
-        lazy=data_args.lazy_preprocess,
+        # With a feature cache, samples are built only once the cache is attached.
+        lazy=data_args.lazy_preprocess or bool(training_args.vision_feature_cache),
     )
     train = LazySupervisedDataset(data_args.data_path, **common)
     evaluation = LazySupervisedDataset(data_args.eval_data_path, **common) if data_args.eval_data_path else None
-    size = image_processor.crop_size
-    image_shape = (tower.config.num_channels, size["height"], size["width"])
-    return train, evaluation, image_processor, image_shape
+    datasets = [d for d in (train, evaluation) if d is not None]
+    collator = DataCollatorForSupervisedDataset(tokenizer)
+    if training_args.vision_feature_cache:
+        cache = open_feature_cache(training_args, tower, image_processor, config, datasets)
+        for dataset in datasets:
+            dataset.feature_cache = cache
+            if not data_args.lazy_preprocess:
+                dataset.preload()
+        collator.feature_shape = cache.feature_shape
+    else:
+        size = image_processor.crop_size
+        collator.image_shape = (tower.config.num_channels, size["height"], size["width"])
+    return train, evaluation, image_processor, collator
+
+
+def open_feature_cache(training_args, tower, image_processor, config, datasets):
+    """The tower-output cache for every image of `datasets`: the main process (re)builds it, the others wait."""
+    paths = [path for dataset in datasets for path in dataset.image_files()]
+    with training_args.main_process_first(desc="vision feature cache"):
+        return feature_cache.ensure(
+            training_args.vision_feature_cache, tower, image_processor, config.image_aspect_ratio, paths,
+            build_allowed=training_args.local_process_index == 0,
+            num_workers=training_args.dataloader_num_workers, device=training_args.device,
+        )
 
 
 def summarize(datasets, training_args, result) -> None:
@@ -96,7 +120,7 @@ def train(args=None, attn_implementation=None):
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
     model, tokenizer = build_model(model_args, data_args, training_args, modules)
-    train_dataset, eval_dataset, image_processor, image_shape = build_datasets(
+    train_dataset, eval_dataset, image_processor, collator = build_data(
         data_args, training_args, tokenizer, model, template
     )
     if training_args.should_log:
@@ -107,7 +131,7 @@ def train(args=None, attn_implementation=None):
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSupervisedDataset(tokenizer, image_shape),
+        data_collator=collator,
         processing_class=tokenizer,
         save_mode=save_mode(modules),
         image_processor=image_processor,

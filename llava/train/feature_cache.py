@@ -1,0 +1,291 @@
+"""A disk cache of the frozen vision tower's outputs, so stage 1 skips image decode and the tower.
+
+When the tower is frozen its output for an image never changes during training: computed once,
+it can replace the pixels in every later step, and only the projector (and the LLM) run.
+
+Layout of the cache directory:
+    index.json               the key and its parts, dtype, shape, image path -> row, unreadable images
+    features-<key>.npy       (rows, patches, hidden) array, read memory-mapped (np.load(mmap_mode="r"))
+
+Features are stored in the tower's dtype (bf16 as its raw uint16 bits, since numpy has no bf16),
+exactly the values the tower hands the projector. The key hashes everything that decides those
+values: tower weights and config, select layer / feature, the image processor's config,
+image_aspect_ratio, dtype and the transformers version. A cache whose key differs, or that lacks
+some of the dataset's images, is recomputed (a log line says why). Files are written under a
+temporary name and renamed; index.json is renamed last, so a reader never sees a half-written cache.
+
+Build ahead of training (same code as `--vision_feature_cache DIR` runs on first use):
+    python -m llava.train.feature_cache --vision_tower T --data_path F --image_folder D --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+import torch
+import transformers
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from llava.mm_utils import load_image, process_images
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+INDEX = "index.json"
+# numpy has no bfloat16: such features are stored as their raw 16 bits and viewed back on read.
+_NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
+_DTYPES = {str(d).removeprefix("torch."): d for d in _NUMPY_STORAGE}
+# Config fields that do not change the tower's output (the weights hash covers its identity).
+_CONFIG_NOISE = ("_name_or_path", "dtype", "torch_dtype", "transformers_version")
+
+
+# -- the key -----------------------------------------------------------------------------------
+def _weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def key_parts(tower, image_processor, image_aspect_ratio: str | None) -> dict:
+    """Everything that decides the cached values, each part readable so a log can name what changed."""
+    config = {k: v for k, v in tower.config.to_dict().items() if k not in _CONFIG_NOISE}
+    return {
+        "format": FORMAT,
+        "tower_weights": _weights_digest(tower.vision_tower),
+        "tower_config": json.dumps(config, sort_keys=True),
+        "select_layer": tower.select_layer,
+        "select_feature": tower.select_feature,
+        "image_processor": image_processor.to_json_string(),
+        "image_aspect_ratio": image_aspect_ratio or "square",
+        "dtype": str(tower.dtype).removeprefix("torch."),
+        "transformers": transformers.__version__,
+    }
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+# -- reading -----------------------------------------------------------------------------------
+class UnreadableImage(ValueError):
+    """An image the cache could not decode when it was built (the dataset reports it like a corrupt file)."""
+
+
+class FeatureCache:
+    """Read side: `lookup(paths)` -> (n, patches, hidden) tensor of the tower's outputs for those images."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        with open(os.path.join(directory, INDEX), encoding="utf-8") as f:
+            self.index = json.load(f)
+        self.key = self.index["key"]
+        self.dtype = _DTYPES[self.index["dtype"]]
+        self.rows: dict[str, int] = self.index["rows"]
+        self.unreadable: dict[str, str] = self.index["unreadable"]
+        self._array = None  # opened on first use, in each data-loader worker
+
+    def __getstate__(self):
+        # Pickling (data-loader workers under spawn) must not copy the mapped array.
+        return {**self.__dict__, "_array": None}
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(os.path.join(self.directory, self.index["features_file"]), mmap_mode="r")
+        return self._array
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        return tuple(self.index["shape"][1:])
+
+    def covers(self, paths) -> bool:
+        return all(_normalise(p) in self.rows or _normalise(p) in self.unreadable for p in paths)
+
+    def lookup(self, paths: list[str]) -> torch.Tensor:
+        rows = []
+        for path in paths:
+            key = _normalise(path)
+            if key in self.unreadable:
+                raise UnreadableImage(self.unreadable[key])
+            if key not in self.rows:
+                raise KeyError(f"image {path} is not in the vision feature cache {self.directory}; "
+                               "delete the cache folder to rebuild it")
+            rows.append(self.rows[key])
+        features = torch.from_numpy(np.ascontiguousarray(self.array[rows]))
+        return features.view(self.dtype) if self.dtype == torch.bfloat16 else features
+
+
+def _normalise(path: str) -> str:
+    return os.path.abspath(path)
+
+
+# -- building ----------------------------------------------------------------------------------
+class _PixelDataset(Dataset):
+    """One image -> its pixels as the training dataset would make them (None if it cannot be read)."""
+
+    def __init__(self, paths, image_processor, image_aspect_ratio):
+        self.paths = paths
+        self.image_processor = image_processor
+        self.config = argparse.Namespace(image_aspect_ratio=image_aspect_ratio)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            image = load_image(self.paths[i])
+        except (OSError, ValueError) as e:
+            return i, None, f"image {self.paths[i]} cannot be read ({e})"
+        return i, process_images([image], self.image_processor, self.config)[0], None
+
+
+def _collate(items):
+    return items
+
+
+def _stale_reason(directory: str, parts: dict, paths: list[str]) -> str | None:
+    """Why the cache in `directory` cannot serve `paths` with these settings; None if it can."""
+    try:
+        cache = FeatureCache(directory)
+    except FileNotFoundError:
+        return "no cache yet"
+    except (ValueError, KeyError) as e:
+        return f"unreadable index ({e})"
+    if cache.key != cache_key(parts):
+        old = cache.index.get("parts", {})
+        changed = [name for name in parts if old.get(name) != parts[name]]
+        return f"{', '.join(changed) or 'key'} changed"
+    if not os.path.exists(os.path.join(directory, cache.index["features_file"])):
+        return "features file missing"
+    missing = sum(1 for p in paths if not cache.covers([p]))
+    if missing:
+        return f"{missing} of the dataset's images are not in it"
+    return None
+
+
+@torch.no_grad()
+def build(directory: str, tower, image_processor, image_aspect_ratio, paths: list[str], parts: dict,
+          batch_size: int = 32, num_workers: int = 0, device=None) -> None:
+    """Run the tower over every image in `paths` and write the cache (atomically) to `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    key = cache_key(parts)
+    features_file = f"features-{key}.npy"
+    shape = (len(paths), tower.num_patches, tower.hidden_size)
+    storage = _NUMPY_STORAGE[tower.dtype]
+    fd, tmp_features = tempfile.mkstemp(dir=directory, prefix=".features-", suffix=".npy.tmp")
+    os.close(fd)
+    unreadable = {}
+    was_training, previous_device = tower.training, tower.device
+    tower.eval()
+    if device is not None:
+        tower.to(device)
+    try:
+        out = np.lib.format.open_memmap(tmp_features, mode="w+", dtype=storage, shape=shape)
+        loader = DataLoader(_PixelDataset(paths, image_processor, image_aspect_ratio), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=_collate)
+        with tqdm(total=len(paths), desc="vision feature cache", unit="img") as progress:
+            for items in loader:
+                good = [(i, pixels) for i, pixels, _ in items if pixels is not None]
+                unreadable.update({_normalise(paths[i]): error for i, pixels, error in items if pixels is None})
+                if good:
+                    rows = [i for i, _ in good]
+                    features = tower(torch.stack([p for _, p in good])).to("cpu")
+                    if tower.dtype == torch.bfloat16:
+                        features = features.view(torch.uint16)
+                    out[rows] = features.numpy()
+                progress.update(len(items))
+        out.flush()
+        del out
+        os.replace(tmp_features, os.path.join(directory, features_file))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_features)
+        raise
+    finally:
+        tower.train(was_training)
+        if device is not None:
+            tower.to(previous_device)
+    index = {
+        "format": FORMAT, "key": key, "parts": parts, "features_file": features_file,
+        "dtype": str(tower.dtype).removeprefix("torch."), "shape": list(shape),
+        "rows": {_normalise(p): row for row, p in enumerate(paths) if _normalise(p) not in unreadable},
+        "unreadable": unreadable,
+    }
+    _write_json_atomic(os.path.join(directory, INDEX), index)
+    for name in os.listdir(directory):  # earlier generations, now unreferenced
+        if name.startswith("features-") and name != features_file:
+            os.remove(os.path.join(directory, name))
+
+
+def _write_json_atomic(path: str, value) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".index-", suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
+def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, build_allowed: bool = True,
+           **build_kwargs) -> FeatureCache:
+    """The cache in `directory` for these images and settings: reused when valid, else (re)built.
+
+    `build_allowed=False` (ranks that waited for the main process) raises instead of building.
+    """
+    if tower.is_trainable:
+        raise ValueError("--vision_feature_cache needs a frozen vision tower (its outputs must not change during "
+                         "training); drop 'vision_tower' from --train_modules or drop --vision_feature_cache")
+    paths = sorted({_normalise(p) for p in paths})
+    parts = key_parts(tower, image_processor, image_aspect_ratio)
+    reason = _stale_reason(directory, parts, paths)
+    if reason is None:
+        logger.info("vision feature cache %s is up to date (%d images); reusing it", directory, len(paths))
+    elif not build_allowed:
+        raise RuntimeError(f"vision feature cache {directory} is not usable after the main process built it: {reason}")
+    else:
+        logger.info("computing the vision feature cache in %s for %d images: %s", directory, len(paths), reason)
+        build(directory, tower, image_processor, image_aspect_ratio, paths, parts, **build_kwargs)
+    return FeatureCache(directory)
+
+
+# -- command line ------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    from llava.model.multimodal_encoder import CLIPVisionTower
+    from llava.train.dataset import image_paths, read_records
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vision_tower", required=True)
+    parser.add_argument("--data_path", required=True, nargs="+", help="one or more LLaVA JSON/JSONL files")
+    parser.add_argument("--image_folder", default="")
+    parser.add_argument("--out", required=True, help="cache folder (pass it to training as --vision_feature_cache)")
+    parser.add_argument("--mm_vision_select_layer", type=int, default=-2)
+    parser.add_argument("--mm_vision_select_feature", default="patch")
+    parser.add_argument("--image_aspect_ratio", default="square")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
+                        help="the training run's dtype (bfloat16 for --bf16 True); part of the key")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    tower = CLIPVisionTower(args.vision_tower, args.mm_vision_select_layer, args.mm_vision_select_feature)
+    tower.load_model()
+    tower.to(_DTYPES[args.dtype])
+    paths = [os.path.join(args.image_folder, p) for data in args.data_path
+             for record in read_records(data) if isinstance(record, dict) for p in image_paths(record)]
+    ensure(args.out, tower, tower.load_image_processor(), args.image_aspect_ratio, paths,
+           batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
+
+
+if __name__ == "__main__":
+    main()
