@@ -232,3 +232,26 @@ def test_command_line_builds_the_cache_training_reuses(tiny_llm, tiny_clip, demo
     monkeypatch.setattr(feature_cache, "build", lambda *a, **k: pytest.fail("the command-line cache was not reused"))
     cache = ensure(out, model, paths)
     assert cache.array.shape[0] == len(paths)
+
+
+@pytest.mark.slow
+def test_two_deepspeed_processes_zero3_share_one_cache(tiny_llm, tiny_clip, demo_data, tmp_path):
+    """Rank 0 builds while rank 1 waits, then rank 1 must find the cache valid (else it raises); text-only
+    batches run the projector alone on every rank under ZeRO-3."""
+    import subprocess
+
+    from test_train_run import REPO
+
+    cache, out = tmp_path / "cache", tmp_path / "ft"
+    env = {**os.environ, "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
+           "DATA_DIR": os.path.dirname(demo_data["finetune"]), "IMAGE_FOLDER": demo_data["image_folder"],
+           "RUN_NAME": "test", "OUTPUT_DIR": str(out), "MAX_STEPS": "3", "SAVE_STEPS": "3", "BATCH_SIZE": "2",
+           "NUM_GPUS": "2", "EXTRA_ARGS": f"--vision_feature_cache {cache} --group_by_modality_length True"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "finetune.sh")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=400, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "ZeRO-3" in log and log.count("computing the vision feature cache") == 1
+    assert f"checkpoint in {out}" in log
+    index = json.loads((cache / "index.json").read_text())
+    assert index["shape"][0] == len({r["image"] for r in json.load(open(demo_data["finetune"])) if "image" in r})
