@@ -255,3 +255,17 @@ def test_two_deepspeed_processes_zero3_share_one_cache(tiny_llm, tiny_clip, demo
     assert f"checkpoint in {out}" in log
     index = json.loads((cache / "index.json").read_text())
     assert index["shape"][0] == len({r["image"] for r in json.load(open(demo_data["finetune"])) if "image" in r})
+
+
+def test_benchmark_rows_at_a_toy_size():
+    from benchmarks import feature_cache as bench
+
+    toy = dict(tower_hidden=32, tower_layers=1, image_size=32, patch_size=8, llm_hidden=64, llm_layers=1, images=8,
+               image_width=64, image_height=48, batch_size=4, steps=1, warmup_steps=1)
+    rows = bench.run("cpu", repeats=1, config=toy)
+    assert [r["metric"] for r in rows] == ["steps_per_s", "steps_per_s", "seconds", "steps", "ratio"]
+    for r in rows:
+        assert r["benchmark"] == "feature_cache" and len(r["values"]) == 1 and r["value"] > 0
+        assert r["config"]["tower_hidden"] == 32 and r["config"]["patches"] == 16
+    ratio = rows[-1]
+    assert ratio["target"] == ">= 2.0" and ratio["met"] == (ratio["value"] >= 2.0)

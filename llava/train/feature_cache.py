@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import types
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ class _PixelDataset(Dataset):
     def __init__(self, paths, image_processor, image_aspect_ratio):
         self.paths = paths
         self.image_processor = image_processor
-        self.config = argparse.Namespace(image_aspect_ratio=image_aspect_ratio)
+        self.config = types.SimpleNamespace(image_aspect_ratio=image_aspect_ratio)  # what process_images reads
 
     def __len__(self):
         return len(self.paths)
