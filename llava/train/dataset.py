@@ -96,7 +96,7 @@ class LazySupervisedDataset(Dataset):
         self.stats = DataStats()
         self.records = self._validate(read_records(data_path), data_path)
         self._bad: set[int] = set()  # records that failed to load, each counted once
-        self._cache = None
+        self._preloaded = None
         if not lazy:
             self.preload()
 
@@ -151,8 +151,8 @@ class LazySupervisedDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
-        if self._cache is not None:
-            return self._cache[i]
+        if self._preloaded is not None:
+            return self._preloaded[i]
         # With --skip_invalid a bad record is replaced by the next good one (and counted once).
         for attempt in range(len(self.records)):
             index = (i + attempt) % len(self.records)
@@ -173,7 +173,7 @@ class LazySupervisedDataset(Dataset):
 
     def preload(self) -> None:
         """--lazy_preprocess False: every sample tokenised (and its images loaded) before training."""
-        self._cache = self._build_all()
+        self._preloaded = self._build_all()
 
     def _build_all(self) -> list[dict]:
         items, kept = [], []
