@@ -92,6 +92,8 @@ def train(args=None, attn_implementation=None):
     modules = resolve_train_modules(model_args, training_args)
     backbone = resolve_backbone(model_args)
     template = model_args.version or backbone.conv_template
+    if training_args.packing and backbone.model_class.packing_unsupported:
+        raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {backbone.model_class.packing_unsupported}")
 
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
@@ -107,7 +109,10 @@ def train(args=None, attn_implementation=None):
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=DataCollatorForSupervisedDataset(tokenizer, image_shape),
+        data_collator=DataCollatorForSupervisedDataset(
+            tokenizer, image_shape, packing=training_args.packing, max_length=training_args.model_max_length,
+            image_tokens=model.get_vision_tower().num_patches,
+        ),
         processing_class=tokenizer,
         save_mode=save_mode(modules),
         image_processor=image_processor,
