@@ -10,11 +10,16 @@ import random
 import pytest
 import torch
 
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX as IMG
+from llava.constants import IGNORE_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX as IMG
 from llava.model.registry import get_backbone
 from llava.train.collator import DataCollatorForSupervisedDataset, balanced_rows
 from llava.train.preprocess import preprocess, sequence_lengths
-from llava.train.sampler import TokenLengthGroupedSampler, length_grouped_indices, modality_grouped_indices
+from llava.train.sampler import (
+    TokenLengthGroupedSampler,
+    length_grouped_indices,
+    modality_grouped_indices,
+)
 from llava.train.train import train
 
 PATCHES = 16  # the tiny CLIP tower: 32 px images, 8 px patches
@@ -54,7 +59,9 @@ def test_length_grouped_order_is_a_deterministic_permutation(world_size):
     assert list(sampler) == first  # a resumed run sees the same order
     sampler.set_epoch(2)
     assert list(sampler) != first
-    assert list(TokenLengthGroupedSampler(lengths, 8, world_size, seed=4)) != list(TokenLengthGroupedSampler(lengths, 8, world_size, seed=3))
+    other_seed = TokenLengthGroupedSampler(lengths, 8, world_size, seed=4)
+    other_seed.set_epoch(1)
+    assert list(other_seed) != first
 
 
 def test_length_grouped_batches_are_one_modality_and_near_equal():
@@ -246,7 +253,7 @@ def test_merged_positions_restart_per_sample(tiny_llm, tiny_clip):
     batch = DataCollatorForSupervisedDataset(Tok(), (3, 32, 32), packing=True, max_length=64, image_tokens=PATCHES)(items)
     batch["labels"][0, [4, 7]] = torch.tensor([20, 30])  # as if a caller had left each sample's first label on
     with torch.no_grad():
-        _, position_ids, mask, _, embeds, labels = model.prepare_inputs_labels_for_multimodal(
+        _, position_ids, mask, _, _, labels = model.prepare_inputs_labels_for_multimodal(
             batch["input_ids"], batch["position_ids"], batch["attention_mask"], None, batch["labels"], batch["images"]
         )
     assert mask is None  # the backbone builds the block-diagonal mask from the positions
@@ -257,7 +264,9 @@ def test_merged_positions_restart_per_sample(tiny_llm, tiny_clip):
 
 
 @pytest.mark.parametrize("backbone,reason", [("mpt", "ALiBi"), ("opt", "without looking at position_ids")])
-def test_packing_is_refused_where_attention_cannot_keep_samples_apart(tiny_llm, tiny_clip, demo_data, tmp_path, backbone, reason):
+def test_packing_is_refused_where_attention_cannot_keep_samples_apart(
+    tiny_llm, tiny_clip, demo_data, tmp_path, backbone, reason
+):
     model = build_model(tiny_llm, tiny_clip, backbone, attn="eager")
     items = random_items(1000)[:3]
     packed = DataCollatorForSupervisedDataset(Tok(), (3, 32, 32), packing=True, max_length=200, image_tokens=PATCHES)(items)
@@ -288,3 +297,23 @@ def test_trainer_run_with_packing_matches_unpacked_and_learns(tiny_llm, tiny_cli
     packed, plain = losses(tmp_path / "packed"), losses(tmp_path / "plain")
     assert packed[:3] == pytest.approx(plain, rel=1e-4)  # same batches, same losses, same updates
     assert sum(packed[-3:]) / 3 < sum(packed[:3]) / 3 - 0.5
+
+
+def test_length_mix_benchmark_rows_at_toy_size():
+    from benchmarks.length_mix import run
+
+    rows = run("cpu", repeats=1, records=60, batch_size=4, timed_batches=1, hidden=64, layers=1)
+    assert {(r["case"], r["metric"]) for r in rows} >= {
+        ("random", "padding_fraction"), ("group_by_length", "padding_fraction"), ("packing", "train_tokens_per_s"),
+        ("group_by_length_vs_random", "ratio"), ("packing_vs_random", "ratio"),
+    }
+    for row in rows:
+        assert row["benchmark"] == "length_mix" and len(row["values"]) == 1 and row["config"]["records"] == 60
+        if row["metric"] == "padding_fraction":
+            assert 0 <= row["value"] < 1
+        else:
+            assert row["value"] > 0
+        if "target" in row:
+            assert isinstance(row["met"], bool)
+    padding = {r["case"]: r["value"] for r in rows if r["metric"] == "padding_fraction"}
+    assert padding["group_by_length"] < padding["random"] and padding["packing"] < padding["random"]

@@ -191,7 +191,9 @@ class LlavaMetaForCausalLM:
         n_markers = int(markers_per_sample.sum())
         packed = self._is_packed(input_ids, position_ids, attention_mask)
         if packed and self.packing_unsupported:
-            raise ValueError(f"packed rows (--packing) cannot be trained with {type(self).__name__}: {self.packing_unsupported}")
+            raise ValueError(
+                f"packed rows (--packing) cannot be trained with {type(self).__name__}: {self.packing_unsupported}"
+            )
 
         if n_markers == 0 and not packed:
             if images is None or not self.training:

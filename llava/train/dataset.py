@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from torch.utils.data import Dataset
 
 from llava.mm_utils import load_image, process_images
-from llava.train.preprocess import InvalidRecord, Sample, check_conversation, preprocess, sequence_lengths
+from llava.train.preprocess import (
+    InvalidRecord,
+    Sample,
+    check_conversation,
+    preprocess,
+    sequence_lengths,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -93,7 +93,8 @@ def train(args=None, attn_implementation=None):
     backbone = resolve_backbone(model_args)
     template = model_args.version or backbone.conv_template
     if training_args.packing and backbone.model_class.packing_unsupported:
-        raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {backbone.model_class.packing_unsupported}")
+        reason = backbone.model_class.packing_unsupported
+        raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
 
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
