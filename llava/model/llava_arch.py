@@ -113,6 +113,9 @@ class LlavaMetaForCausalLM:
 
     # Training turns this on (--label_logits_only): with labels, forward returns only the loss.
     label_logits_only = False
+    # Why packed rows (--packing) cannot work with this backbone; None where they do. A backbone opts
+    # in once its attention keeps packed samples apart given position_ids and no attention mask.
+    packing_unsupported: str | None = "its attention has not been checked to keep packed samples apart"
 
     def get_model(self):
         return getattr(self, self.base_model_prefix)
@@ -182,6 +185,10 @@ class LlavaMetaForCausalLM:
         as official LLaVA does: `input_ids` is None once embeddings were built. Image positions
         get IGNORE_INDEX labels. Samples are re-padded on the side their padding came from,
         and cut to `tokenizer_model_max_length` (never inside an image).
+
+        Packed rows (`position_ids` restarting at 0 where each sample starts, as --packing
+        collates them) come back with per-sample positions counted after image expansion and
+        `attention_mask=None`, from which the backbone builds a block-diagonal causal mask.
         """
         tower = self.get_vision_tower()
         if tower is None or input_ids is None:
@@ -189,37 +196,65 @@ class LlavaMetaForCausalLM:
         is_image = input_ids == IMAGE_TOKEN_INDEX
         markers_per_sample = is_image.sum(dim=1)
         n_markers = int(markers_per_sample.sum())
+        packed = self._is_packed(input_ids, position_ids, attention_mask)
+        if packed and self.packing_unsupported:
+            raise ValueError(
+                f"packed rows (--packing) cannot be trained with {type(self).__name__}: {self.packing_unsupported}"
+            )
 
-        if n_markers == 0:
+        if n_markers == 0 and not packed:
             if (images is None and image_features is None) or not self.training:
                 return input_ids, position_ids, attention_mask, past_key_values, None, labels
-            # A text-only training batch still runs the vision modules (on a placeholder, with a
-            # zero-weighted result) so every rank touches the same parameters under ZeRO-3. With
-            # cached features no rank ever runs the (frozen) tower, so the projector alone does.
-            embeds = self.get_model().get_input_embeddings()(input_ids)
-            if image_features is not None:
-                dummy = self.project_features(image_features.new_zeros(1, *image_features.shape[1:]))
-            else:
-                image_size = tower.config.image_size
-                pixels = torch.zeros(1, tower.config.num_channels, image_size, image_size, device=embeds.device)
-                dummy = self.encode_images(pixels)
-            embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
+            embeds = self._touch_vision_parameters(self.get_model().get_input_embeddings()(input_ids), image_features)
             return None, position_ids, attention_mask, past_key_values, embeds, labels
 
-        if image_features is not None:
-            if isinstance(image_features, (list, tuple)):
-                image_features = torch.cat(list(image_features))
-            projected = self.project_features(self._images_for_markers(image_features, markers_per_sample))
-        elif images is not None:
-            projected = self.encode_images(self._images_for_markers(images, markers_per_sample))
-        else:
-            raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
-        return (None, *self._merge(input_ids, is_image, attention_mask, labels, projected, past_key_values))
+        projected = None
+        if n_markers:
+            if image_features is not None:
+                if isinstance(image_features, (list, tuple)):
+                    image_features = torch.cat(list(image_features))
+                projected = self.project_features(self._images_for_markers(image_features, markers_per_sample))
+            elif images is not None:
+                projected = self.encode_images(self._images_for_markers(images, markers_per_sample))
+            else:
+                raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
+        merged = self._merge(
+            input_ids, is_image, attention_mask, labels, projected, past_key_values, position_ids if packed else None
+        )
+        if projected is None and (images is not None or image_features is not None) and self.training:
+            merged = (*merged[:3], self._touch_vision_parameters(merged[3], image_features), merged[4])
+        return (None, *merged)
 
-    def _merge(self, input_ids, is_image, attention_mask, labels, image_features, past_key_values):
+    def _touch_vision_parameters(self, embeds: torch.Tensor, cached_features=None) -> torch.Tensor:
+        """A text-only training batch still runs the vision modules (on a placeholder, with a
+        zero-weighted result) so every rank touches the same parameters under ZeRO-3. With cached
+        features no rank ever runs the (frozen) tower, so the projector alone does."""
+        if cached_features is not None:
+            if isinstance(cached_features, (list, tuple)):
+                cached_features = torch.cat(list(cached_features))
+            dummy = self.project_features(cached_features.new_zeros(1, *cached_features.shape[1:]))
+        else:
+            tower = self.get_vision_tower()
+            size = tower.config.image_size
+            dummy = self.encode_images(torch.zeros(1, tower.config.num_channels, size, size, device=embeds.device))
+        return embeds + 0.0 * dummy.sum().to(embeds.dtype)
+
+    @staticmethod
+    def _is_packed(input_ids, position_ids, attention_mask) -> bool:
+        """Whether some row holds several samples: its position ids restart at 0 inside it."""
+        if position_ids is None or position_ids.shape != input_ids.shape:
+            return False  # e.g. a decoding step with a cache
+        starts = position_ids == 0
+        if attention_mask is not None and attention_mask.shape == input_ids.shape:
+            starts &= attention_mask.bool()
+        return bool((starts.sum(dim=1) > 1).any())
+
+    def _merge(self, input_ids, is_image, attention_mask, labels, image_features, past_key_values, packed_positions=None):
+        """`image_features` (markers, patches, hidden) or None; `packed_positions`: the collator's
+        per-sample positions of packed rows, else None."""
         batch, seq_len = input_ids.shape
         device = input_ids.device
-        n_patches = image_features.shape[1]
+        n_patches = image_features.shape[1] if image_features is not None else 1
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if (is_image & ~mask).any():
             raise ValueError("an <image> marker sits on a padding position (attention_mask == 0)")
@@ -242,7 +277,7 @@ class LlavaMetaForCausalLM:
             length = length.clamp(max=max_len)
         out_len = int(length.max())
 
-        left_pad = self._pads_left(mask)
+        left_pad = packed_positions is None and self._pads_left(mask)
         offset = (out_len - length) if left_pad else torch.zeros_like(length)
         position = start + offset[:, None]
         kept = mask & (start < length[:, None])
@@ -260,17 +295,44 @@ class LlavaMetaForCausalLM:
         if labels is not None:
             new_labels[rows, text_pos] = labels[rows, cols]
 
-        # Markers in row-major order match image_features' order; a marker past the cut is dropped.
-        img_rows, img_cols = is_image.nonzero(as_tuple=True)
-        keep_img = kept[img_rows, img_cols]
-        patch_pos = position[img_rows, img_cols][:, None] + torch.arange(n_patches, device=device)
-        patch_rows = img_rows[:, None].expand_as(patch_pos)
-        embeds[patch_rows[keep_img], patch_pos[keep_img]] = image_features[keep_img].to(embeds.dtype)
-        new_mask[patch_rows[keep_img], patch_pos[keep_img]] = True
+        if image_features is not None:
+            # Markers in row-major order match image_features' order; a marker past the cut is dropped.
+            img_rows, img_cols = is_image.nonzero(as_tuple=True)
+            keep_img = kept[img_rows, img_cols]
+            patch_pos = position[img_rows, img_cols][:, None] + torch.arange(n_patches, device=device)
+            patch_rows = img_rows[:, None].expand_as(patch_pos)
+            embeds[patch_rows[keep_img], patch_pos[keep_img]] = image_features[keep_img].to(embeds.dtype)
+            new_mask[patch_rows[keep_img], patch_pos[keep_img]] = True
 
+        out_labels = new_labels if labels is not None else None
+        if packed_positions is not None:
+            position_ids, out_labels = self._packed_positions(packed_positions, kept, position, length, out_len, out_labels)
+            return position_ids, None, past_key_values, embeds, out_labels
         position_ids = (new_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out_mask = new_mask if attention_mask is None else new_mask.to(attention_mask.dtype)
-        return position_ids, out_mask, past_key_values, embeds, (new_labels if labels is not None else None)
+        return position_ids, out_mask, past_key_values, embeds, out_labels
+
+    @staticmethod
+    def _packed_positions(packed_positions, kept, position, length, out_len, labels):
+        """Per-sample positions in the merged (image-expanded, right-padded) rows of a packed batch.
+
+        A sample starts where the collator's position is 0; the padding after a row's last
+        sample counts as one more sample, so with no attention mask it is kept apart too. The
+        first token of every sample gets no label: the previous sample's last token must not
+        learn to predict it.
+        """
+        batch = kept.shape[0]
+        device = kept.device
+        is_start = torch.zeros(batch, out_len, dtype=torch.bool, device=device)
+        rows, cols = ((packed_positions == 0) & kept).nonzero(as_tuple=True)
+        is_start[rows, position[rows, cols]] = True
+        padded = length < out_len
+        is_start[padded.nonzero(as_tuple=True)[0], length[padded]] = True
+        index = torch.arange(out_len, device=device).expand(batch, -1)
+        last_start = torch.where(is_start, index, 0).cummax(dim=1).values
+        if labels is not None:
+            labels = labels.masked_fill(is_start, IGNORE_INDEX)
+        return index - last_start, labels
 
     def _pads_left(self, mask: torch.Tensor) -> bool:
         """Padding side as the batch shows it; the configured side when the batch has none."""
@@ -294,6 +356,9 @@ class LlavaMetaForCausalLM:
         **kwargs,
     ):
         if inputs_embeds is None:
+            if self._is_packed(input_ids, position_ids, attention_mask):
+                # Backbones skip the per-sample mask when handed a cache, even an empty one.
+                use_cache = False
             input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes,

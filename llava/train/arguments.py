@@ -54,7 +54,25 @@ class DataArguments:
 class TrainingArguments(transformers.TrainingArguments):
     model_max_length: int = field(default=2048, metadata={"help": "longest sequence, image patches included"})
     group_by_modality_length: bool = field(
-        default=False, metadata={"help": "batches are all-image or all-text, grouped by length"}
+        default=False,
+        metadata={"help": "official LLaVA's grouping: each global batch is all-image or all-text, sorted by "
+                  "approximate (word-count) length inside; leaves most of the padding of random batches"},
+    )
+    # HF's own flag, kept by name; its 'group_by_length' here is LLaVA-aware (see llava/train/sampler.py).
+    train_sampling_strategy: str = field(
+        default="random",
+        metadata={
+            "help": "random (default), sequential, group_by_length or batch_rebalance. group_by_length: every "
+                    "per-device batch holds records of near-equal exact token length (image patches included), "
+                    "one modality each, batches in random order per seed and epoch; about 1-3 %% padding",
+            "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "pack each batch's samples into as few rows of at most --model_max_length positions "
+                  "as fit (image patches counted); samples never attend to each other. Same loss and "
+                  "gradients as unpacked; phi and llama backbones"},
     )
     mm_projector_lr: float | None = field(default=None, metadata={"help": "projector learning rate (default: --learning_rate)"})
     label_logits_only: bool = field(
@@ -86,6 +104,11 @@ class TrainingArguments(transformers.TrainingArguments):
             self.use_cpu = not torch.cuda.is_available()
         if self.use_cpu and self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             self.ddp_backend = "gloo"
+        if self.group_by_modality_length and self.train_sampling_strategy == "group_by_length":
+            raise ValueError(
+                "--group_by_modality_length and --train_sampling_strategy group_by_length are two ways of "
+                "grouping by length; pass one"
+            )
         if self.use_cpu and self.fp16:
             raise ValueError("--fp16 is not supported on the CPU; use --bf16 True or full precision")
         super().__post_init__()

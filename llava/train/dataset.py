@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from llava.mm_utils import load_image, process_images
 from llava.train.feature_cache import FeatureCache, UnreadableImage
-from llava.train.preprocess import InvalidRecord, Sample, check_conversation, preprocess
+from llava.train.preprocess import InvalidRecord, Sample, check_conversation, preprocess, sequence_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class LazySupervisedDataset(Dataset):
         self.stats = DataStats()
         self.records = self._validate(read_records(data_path), data_path)
         self._bad: set[int] = set()  # records that failed to load, each counted once
+        self._token_lengths: list[int] | None = None
         self._preloaded = None
         if not lazy:
             self.preload()
@@ -145,6 +146,26 @@ class LazySupervisedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         return [abs(n) for n in self.modality_lengths]
+
+    @property
+    def modality_token_lengths(self) -> list[int]:
+        """Exact positions each record fills in the LLM (text tokens + patches per image), negative
+        for text-only records; what `--train_sampling_strategy group_by_length` sorts by.
+
+        Tokenised once (in batches, about 0.3 ms a record on one core) and cached.
+        """
+        if self._token_lengths is None:
+            logger.info("measuring the token length of %d records for length grouping", len(self.records))
+            counts = sequence_lengths(
+                [(record["conversations"], len(image_paths(record))) for record in self.records],
+                self.tokenizer,
+                self.template,
+                mm_use_im_start_end=self.mm_use_im_start_end,
+                max_length=self.max_length,
+                image_tokens=self.image_tokens,
+            )
+            self._token_lengths = [n if image_paths(r) else -n for n, r in zip(counts, self.records)]
+        return self._token_lengths
 
     # -- samples ---------------------------------------------------------------------------
     def __len__(self) -> int:

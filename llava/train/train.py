@@ -63,7 +63,10 @@ def build_data(data_args, training_args, tokenizer, model, template):
     train = LazySupervisedDataset(data_args.data_path, **common)
     evaluation = LazySupervisedDataset(data_args.eval_data_path, **common) if data_args.eval_data_path else None
     datasets = [d for d in (train, evaluation) if d is not None]
-    collator = DataCollatorForSupervisedDataset(tokenizer)
+    collator = DataCollatorForSupervisedDataset(
+        tokenizer, packing=training_args.packing, max_length=training_args.model_max_length,
+        image_tokens=tower.num_patches,
+    )
     if training_args.vision_feature_cache:
         cache = open_feature_cache(training_args, tower, image_processor, config, datasets)
         for dataset in datasets:
@@ -116,6 +119,9 @@ def train(args=None, attn_implementation=None):
     modules = resolve_train_modules(model_args, training_args)
     backbone = resolve_backbone(model_args)
     template = model_args.version or backbone.conv_template
+    if training_args.packing and backbone.model_class.packing_unsupported:
+        reason = backbone.model_class.packing_unsupported
+        raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
 
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank

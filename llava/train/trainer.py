@@ -10,7 +10,7 @@ from transformers import Trainer
 from llava.model.builder import load_non_lora_trainables
 from llava.model.llava_arch import load_projector_weights
 from llava.train import checkpoint
-from llava.train.sampler import ModalityLengthGroupedSampler
+from llava.train.sampler import ModalityLengthGroupedSampler, TokenLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,19 @@ class LLaVATrainer(Trainer):
         if self.args.group_by_modality_length:
             group = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
             return ModalityLengthGroupedSampler(dataset.modality_lengths, group, seed=self.args.seed)
+        if self.args.train_sampling_strategy == "group_by_length":
+            # Not HF's LengthGroupedSampler: it would load every sample (images included) to measure
+            # it and never counts image patches.
+            return TokenLengthGroupedSampler(
+                dataset.modality_token_lengths, self.args.train_batch_size, self.args.world_size, seed=self.args.seed
+            )
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy == "group_by_length":
+            # Same reason as above; evaluation order does not change eval_loss.
+            return TokenLengthGroupedSampler(eval_dataset.modality_token_lengths, self.args.eval_batch_size)
+        return super()._get_eval_sampler(eval_dataset)
 
     # -- optimizer ---------------------------------------------------------------------------
     def create_optimizer(self, model=None):

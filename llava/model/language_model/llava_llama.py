@@ -39,6 +39,8 @@ def tiny_config(hidden_size=64, num_layers=2):
 )
 class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
     config_class = LlavaLlamaConfig
+    # Packed rows: LlamaModel builds a block-diagonal causal mask from restarting position_ids.
+    packing_unsupported = None
 
     def __init__(self, config):
         super(LlamaForCausalLM, self).__init__(config)

@@ -42,6 +42,10 @@ def tiny_tokenizer():
 )
 class LlavaMptForCausalLM(LlavaMetaForCausalLM, MptForCausalLM):
     config_class = LlavaMptConfig
+    packing_unsupported = (
+        "MPT positions tokens with ALiBi and takes no position_ids, so it cannot tell where a packed sample "
+        "starts; train MPT unpacked (--train_sampling_strategy group_by_length keeps padding low)"
+    )
 
     def __init__(self, config):
         super(MptForCausalLM, self).__init__(config)

@@ -45,6 +45,10 @@ def tiny_tokenizer():
 )
 class LlavaOPTForCausalLM(LlavaMetaForCausalLM, OPTForCausalLM):
     config_class = LlavaOPTConfig
+    packing_unsupported = (
+        "OPT builds its causal mask without looking at position_ids, so packed samples would attend to each "
+        "other; train OPT unpacked (--train_sampling_strategy group_by_length keeps padding low)"
+    )
 
     def __init__(self, config):
         super(OPTForCausalLM, self).__init__(config)

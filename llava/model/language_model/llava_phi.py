@@ -47,6 +47,8 @@ def tiny_tokenizer():
 )
 class LlavaPhiForCausalLM(LlavaMetaForCausalLM, PhiForCausalLM):
     config_class = LlavaPhiConfig
+    # Packed rows: PhiModel builds a block-diagonal causal mask from restarting position_ids.
+    packing_unsupported = None
 
     def __init__(self, config):
         super(PhiForCausalLM, self).__init__(config)
