@@ -300,3 +300,24 @@ def test_label_logits_only_gives_the_same_loss_and_gradients(tiny_llm, tiny_clip
     merged_labels = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images)[-1]
     predicted = int((merged_labels[:, 1:] != -100).sum())
     torch.testing.assert_close(sparse_sum, full_loss * predicted / 40)
+
+
+@pytest.mark.parametrize("select_layer,select_feature", [(-2, "patch"), (-1, "cls_patch"), (1, "patch")])
+def test_tower_features_equal_clip_hidden_states_and_stay_stable(tiny_llm, tiny_clip, select_layer, select_feature):
+    from transformers import CLIPVisionModel
+
+    model = build(tiny_llm, tiny_clip, "phi").eval()
+    model.get_vision_tower().select(select_layer, select_feature)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = CLIPVisionModel.from_pretrained(tiny_clip)(images, output_hidden_states=True).hidden_states[select_layer]
+        reference = reference[:, 1:] if select_feature == "patch" else reference
+        torch.testing.assert_close(model.get_vision_tower()(images), reference)
+        # transformers installs output-capturing hooks on the first output_hidden_states call of the
+        # LLM around the tower; the tower's features (and so every later answer) must not change.
+        ids = prompt_ids(tiny_llm, "phi")
+        before = model(ids, images=images[:1]).logits
+        model(ids, images=images[:1], output_hidden_states=True)
+        after = model(ids, images=images[:1]).logits
+        torch.testing.assert_close(model.get_vision_tower()(images), reference)
+    torch.testing.assert_close(after, before)

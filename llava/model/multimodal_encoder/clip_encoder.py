@@ -51,16 +51,23 @@ class CLIPVisionTower(nn.Module):
     def is_trainable(self) -> bool:
         return any(p.requires_grad for p in self.vision_tower.parameters())
 
-    def feature_select(self, outputs) -> torch.Tensor:
-        features = outputs.hidden_states[self.select_layer]
-        return features[:, 1:] if self.select_feature == "patch" else features
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) pixels -> (N, patches[+1], hidden): CLIP's hidden state at `select_layer`.
+
+        Runs the encoder layers by hand, only up to the selected one (the later ones never reach
+        the LLM), rather than asking CLIP for output_hidden_states: transformers collects those
+        with hooks, and the LLM around this tower installs CLIP's hooks a second time on its own
+        first output_hidden_states call, after which CLIP's list holds every layer twice.
+        """
+        vision = getattr(self.vision_tower, "vision_model", self.vision_tower)  # flattened in transformers 5
+        layers = vision.encoder.layers
+        # hidden_states[i] is the output of the first i layers (index 0: the embeddings).
+        depth = self.select_layer % (len(layers) + 1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.is_trainable):
-            outputs = self.vision_tower(
-                images.to(device=self.device, dtype=self.dtype), output_hidden_states=True
-            )
-            return self.feature_select(outputs)
+            hidden = vision.pre_layrnorm(vision.embeddings(images.to(device=self.device, dtype=self.dtype)))
+            for layer in layers[:depth]:
+                hidden = layer(hidden, attention_mask=None)
+            return hidden[:, 1:] if self.select_feature == "patch" else hidden
 
     @property
     def config(self) -> CLIPVisionConfig:
