@@ -273,8 +273,12 @@ class LlavaMetaForCausalLM:
         use_cache=None,
         images=None,
         image_sizes=None,
+        logits_to_keep=0,
         **kwargs,
     ):
+        # `logits_to_keep` is named (not left in **kwargs) because generate() looks for it in this
+        # signature: with it, the prompt's forward computes vocabulary logits for the last position
+        # only instead of every prompt position, the bulk of a small model's prefill.
         if inputs_embeds is None:
             input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -294,6 +298,7 @@ class LlavaMetaForCausalLM:
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 
