@@ -126,6 +126,11 @@ def configs(setup: Setup):
     return text, tower
 
 
+def device_map_target(device: torch.device):
+    """What `from_pretrained(device_map={"": ...})` wants: a CUDA index, or "cpu"."""
+    return (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else "cpu"
+
+
 def make_batch(setup: Setup, batch_size: int, device, dtype, seed: int = 0) -> dict:
     """One <image> after a short prefix, then text; the last `answer_fraction` of the text is labelled."""
     gen = torch.Generator().manual_seed(seed)
@@ -219,9 +224,6 @@ def full_finetune(setup: Setup, attn: str, device, dtype, repeats: int, steps: i
     if peak_tflops:
         rows.append(make_row(NAME, case, "mfu", [flops / s / (peak_tflops * 1e12) for s in seconds], "fraction",
                              config, target=MFU_TARGET))
-    del model, optimizer, batch
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -243,7 +245,8 @@ def qlora(setup: Setup, device, dtype, repeats: int, workdir: str) -> list[dict]
     memory = Memory(device)
     memory.reset()
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, quantization_config=bnb_config(4, dtype), device_map={"": device}, attn_implementation="sdpa"
+        path, dtype=dtype, quantization_config=bnb_config(4, dtype), device_map={"": device_map_target(device)},
+        attn_implementation="sdpa",
     )
     model.config.use_cache = False
     model.label_logits_only = True
@@ -307,6 +310,8 @@ def run(suite: str = "gpu", repeats: int = 3, tiny: bool = False, peak_tflops: f
     rows = []
     for attn in attns:
         rows += full_finetune(setup, attn, device, dtype, repeats, steps if not tiny else 1, peak_tflops)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the previous case's model and optimizer are gone; hand their blocks back
     if not skip_qlora:
         workdir = tempfile.mkdtemp(prefix="bench-gpu-")
         try:

@@ -5,8 +5,8 @@ CLIP 64 px / patch 16 -> 16 tokens per image), one axis varied at a time from a 
 (batch 2, 128 text tokens, 1 image). A step is forward + backward + AdamW. Step time: median over
 repeats in this process. Memory: all grid points run again in one fresh child process; for each,
 the resident high-water mark is reset (benchmarks.common.reset_peak_rss) and the figure is how far
-one step rises above what was resident before it (activations, gradients, temporaries; the
-weights and AdamW state are resident already).
+one step rises above what was resident before it: activations and temporaries (weights, gradient
+buffers and AdamW state are resident already, and do not change along these axes).
 
     python -m benchmarks.scaling --repeats 3
 """
@@ -55,13 +55,14 @@ def make_batch(point: dict, sizes: ModelSizes, answer_fraction: float = 0.3, see
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, images=pixels)
 
 
-def build(sizes: ModelSizes):
+def build(sizes: ModelSizes, keep_grads: bool = False):
+    """A training step closure; `keep_grads` leaves gradient buffers allocated between steps."""
     model = build_tiny_llava(sizes, max_length=8192).train()
     model.label_logits_only = True
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not keep_grads)
         model(**batch).loss.backward()
         optimizer.step()
 
@@ -73,8 +74,8 @@ def memory_grid(sizes: dict, points: list) -> dict:
     from benchmarks.common import peak_rss_mib, reset_peak_rss, rss_mib
 
     sizes = ModelSizes(**sizes)
-    step = build(sizes)
-    step(make_batch(points[0][1], sizes))  # AdamW state exists before anything is measured
+    step = build(sizes, keep_grads=True)
+    step(make_batch(points[0][1], sizes))  # AdamW state and gradients exist before anything is measured
     extra = []
     for _, point in points:
         batch = make_batch(point, sizes)
@@ -102,7 +103,7 @@ def run(
     seconds = [[] for _ in points]
     for _ in range(repeats):
         for i, batch in enumerate(batches):
-            seconds[i].append(seconds_per_call(lambda: step(batch)))
+            seconds[i].append(seconds_per_call(lambda batch=batch: step(batch)))
 
     memory = None
     if measure_memory:

@@ -195,3 +195,17 @@ def test_single_token_stop_string_ends_rows_inside_generate_with_unchanged_answe
     assert isinstance(engine._generate_kwargs(first, settings, stop)["stopping_criteria"][0], KeywordsStoppingCriteria)
     assert engine.generate(items, settings, stop_str=stop) == fast
     assert stop.strip() not in fast[0]
+
+
+def test_a_batchs_images_are_processed_together_exactly_as_one_by_one(checkpoint, questions, demo_data):
+    import torch
+
+    from llava.eval.inference import InferenceEngine
+
+    engine = InferenceEngine.from_pretrained(checkpoint)
+    paths = [os.path.join(demo_data["image_folder"], r["image"]) for r in read_jsonl(questions)[:3]]
+    together = engine.process_images(paths)
+    assert together.shape[0] == 3
+    assert torch.equal(together, torch.stack([engine.process_image(p) for p in paths]))
+    prepared = model_vqa.prepare_batch(engine, read_jsonl(questions)[:3], demo_data["image_folder"])
+    assert all(torch.equal(item.image, pixels) for item, pixels in zip(prepared, together))

@@ -105,7 +105,11 @@ class InferenceEngine:
 
     def process_image(self, image) -> torch.Tensor:
         """(C, H, W) pixels for an image path, bytes or PIL image, as the checkpoint was trained."""
-        return process_images([load_image(image)], self.image_processor, self.model.config)[0]
+        return self.process_images([image])[0]
+
+    def process_images(self, images: Sequence) -> torch.Tensor:
+        """(N, C, H, W) pixels for several images in one image-processor call (its per-call cost is paid once)."""
+        return process_images([load_image(image) for image in images], self.image_processor, self.model.config)
 
     def prepare(self, conv: Conversation, image=None) -> Prepared:
         """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output."""
