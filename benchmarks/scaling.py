@@ -5,8 +5,9 @@ CLIP 64 px / patch 16 -> 16 tokens per image), one axis varied at a time from a 
 (batch 2, 128 text tokens, 1 image). A step is forward + backward + AdamW. Step time: median over
 repeats in this process. Memory: all grid points run again in one fresh child process; for each,
 the resident high-water mark is reset (benchmarks.common.reset_peak_rss) and the figure is how far
-one step rises above what was resident before it: activations and temporaries (weights, gradient
-buffers and AdamW state are resident already, and do not change along these axes).
+its forward + backward rises above what was resident before: activations and temporaries (weights,
+gradient buffers and AdamW state are resident already and do not change along these axes; AdamW's
+update is left out, its temporaries scale with the parameters only).
 
     python -m benchmarks.scaling --repeats 3
 """
@@ -55,18 +56,21 @@ def make_batch(point: dict, sizes: ModelSizes, answer_fraction: float = 0.3, see
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, images=pixels)
 
 
-def build(sizes: ModelSizes, keep_grads: bool = False):
-    """A training step closure; `keep_grads` leaves gradient buffers allocated between steps."""
-    model = build_tiny_llava(sizes, max_length=8192).train()
-    model.label_logits_only = True
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+class Trainer:
+    """Our model with AdamW; `step` is a whole training step, `forward_backward` the part before the update."""
 
-    def step(batch):
-        optimizer.zero_grad(set_to_none=not keep_grads)
-        model(**batch).loss.backward()
-        optimizer.step()
+    def __init__(self, sizes: ModelSizes):
+        self.model = build_tiny_llava(sizes, max_length=8192).train()
+        self.model.label_logits_only = True
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-5)
 
-    return step
+    def forward_backward(self, batch: dict, keep_grads: bool = False) -> None:
+        self.optimizer.zero_grad(set_to_none=not keep_grads)
+        self.model(**batch).loss.backward()
+
+    def step(self, batch: dict, keep_grads: bool = False) -> None:
+        self.forward_backward(batch, keep_grads)
+        self.optimizer.step()
 
 
 def memory_grid(sizes: dict, points: list) -> dict:
@@ -74,17 +78,17 @@ def memory_grid(sizes: dict, points: list) -> dict:
     from benchmarks.common import peak_rss_mib, reset_peak_rss, rss_mib
 
     sizes = ModelSizes(**sizes)
-    step = build(sizes, keep_grads=True)
-    step(make_batch(points[0][1], sizes))  # AdamW state and gradients exist before anything is measured
+    trainer = Trainer(sizes)
+    trainer.step(make_batch(points[0][1], sizes), keep_grads=True)  # AdamW state and gradient buffers exist
     extra = []
     for _, point in points:
         batch = make_batch(point, sizes)
         if not reset_peak_rss():
             raise RuntimeError("cannot reset the resident high-water mark (/proc/self/clear_refs); Linux only")
         before = rss_mib()
-        step(batch)
+        trainer.forward_backward(batch, keep_grads=True)
         extra.append(peak_rss_mib() - before)
-    return {"step_rss_mib": extra}
+    return {"fwd_bwd_rss_mib": extra}
 
 
 def run(
@@ -96,19 +100,19 @@ def run(
 ) -> list[dict]:
     sizes = sizes or DEFAULT_SIZES
     points = grid(axes or AXES)
-    step = build(sizes)
+    trainer = Trainer(sizes)
     batches = [make_batch(point, sizes) for _, point in points]
     for batch in batches:  # warm-up every shape once
-        step(batch)
+        trainer.step(batch)
     seconds = [[] for _ in points]
     for _ in range(repeats):
         for i, batch in enumerate(batches):
-            seconds[i].append(seconds_per_call(lambda batch=batch: step(batch)))
+            seconds[i].append(seconds_per_call(lambda batch=batch: trainer.step(batch)))
 
     memory = None
     if measure_memory:
         memory = measure_in_child("benchmarks.scaling:memory_grid",
-                                  dict(sizes=dataclasses.asdict(sizes), points=points))["step_rss_mib"]
+                                  dict(sizes=dataclasses.asdict(sizes), points=points))["fwd_bwd_rss_mib"]
     rows = []
     for i, (axis, point) in enumerate(points):
         case = f"{axis}={point[axis]}"
@@ -118,7 +122,7 @@ def run(
         rows.append(make_row(NAME, case, "step_time", [s * 1000 for s in seconds[i]], "ms", config))
         rows.append(make_row(NAME, case, "tokens_per_s", [tokens / s for s in seconds[i]], "tok/s", config))
         if memory is not None:
-            rows.append(make_row(NAME, case, "step_rss_over_resident", [memory[i]], "MiB", config))
+            rows.append(make_row(NAME, case, "fwd_bwd_rss_over_resident", [memory[i]], "MiB", config))
     return rows
 
 

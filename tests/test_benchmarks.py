@@ -95,7 +95,7 @@ def test_scaling_rows_and_memory_per_point():
     batch = scaling.make_batch({"batch_size": 2, "text_tokens": 16, "images": 3}, ModelSizes())
     assert int((batch["input_ids"] == -200).sum()) == 6 and batch["images"].shape[0] == 6
     memory = scaling.memory_grid(vars(ModelSizes()), scaling.grid({"batch_size": (1, 2)}))
-    assert len(memory["step_rss_mib"]) == 2 and all(m >= 0 for m in memory["step_rss_mib"])
+    assert len(memory["fwd_bwd_rss_mib"]) == 2 and all(m >= 0 for m in memory["fwd_bwd_rss_mib"])
 
 
 def test_gpu_suite_tiny_on_cpu_and_refusal_without_cuda():
