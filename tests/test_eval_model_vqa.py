@@ -209,3 +209,18 @@ def test_a_batchs_images_are_processed_together_exactly_as_one_by_one(checkpoint
     assert torch.equal(together, torch.stack([engine.process_image(p) for p in paths]))
     prepared = model_vqa.prepare_batch(engine, read_jsonl(questions)[:3], demo_data["image_folder"])
     assert all(torch.equal(item.image, pixels) for item, pixels in zip(prepared, together))
+
+
+@pytest.mark.parametrize("backbone", ["phi", "llama"])
+def test_prompts_tokenised_together_get_the_ids_of_one_by_one(backbone, tiny_llm):
+    import torch
+    from transformers import AutoTokenizer
+
+    from llava.mm_utils import tokenizer_image_token, tokenizer_image_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm(backbone))
+    prompts = ["USER: <image>\nWhat colour? ASSISTANT:", "no image here", "<image>", "a <image> b <image>\nc", ""]
+    together = tokenizer_image_tokens(prompts, tokenizer)
+    assert len(together) == len(prompts)
+    for prompt, ids in zip(prompts, together):
+        assert torch.equal(ids, tokenizer_image_token(prompt, tokenizer, return_tensors="pt"))

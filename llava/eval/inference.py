@@ -111,10 +111,14 @@ class InferenceEngine:
         """(N, C, H, W) pixels for several images in one image-processor call (its per-call cost is paid once)."""
         return process_images([load_image(image) for image in images], self.image_processor, self.model.config)
 
-    def prepare(self, conv: Conversation, image=None) -> Prepared:
-        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output."""
+    def prepare(self, conv: Conversation, image=None, input_ids: torch.Tensor | None = None) -> Prepared:
+        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output.
+
+        `input_ids`: the prompt already tokenised (`tokenizer_image_tokens` does a batch in one call).
+        """
         prompt = conv.get_prompt()
-        input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+        if input_ids is None:
+            input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
         length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._num_patches() - 1)
         if length >= self.context_len:
             # The model would otherwise cut the prompt; an answer to half a question is worse than none.

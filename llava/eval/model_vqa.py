@@ -22,7 +22,7 @@ import uuid
 from tqdm import tqdm
 
 from llava.eval.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
-from llava.mm_utils import load_image
+from llava.mm_utils import load_image, tokenizer_image_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool)
 
 
 def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str) -> list:
-    """Prompts and pixels for a batch of questions; the batch's images go through the image processor together."""
+    """Prompts and pixels for a batch of questions: the batch's images go through the image processor in one
+    call, its prompts through the tokenizer in one call."""
     loaded = []
     for q in batch:
         try:
@@ -109,12 +110,15 @@ def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str)
             raise ValueError(f"question {q['question_id']!r}: {exc}") from exc
     present = [image for image in loaded if image is not None]
     pixels = iter(engine.process_images(present) if present else [])
-    prepared = []
+    convs = []
     for q, image in zip(batch, loaded):
-        conv = engine.new_conversation()
-        engine.add_user_turn(conv, q["text"], has_image=image is not None)
+        convs.append(engine.new_conversation())
+        engine.add_user_turn(convs[-1], q["text"], has_image=image is not None)
+    token_ids = tokenizer_image_tokens([conv.get_prompt() for conv in convs], engine.tokenizer)
+    prepared = []
+    for q, image, conv, ids in zip(batch, loaded, convs, token_ids):
         try:
-            prepared.append(engine.prepare(conv, next(pixels) if image is not None else None))
+            prepared.append(engine.prepare(conv, next(pixels) if image is not None else None, input_ids=ids))
         except ValueError as exc:
             raise ValueError(f"question {q['question_id']!r}: {exc}") from exc
     return prepared
