@@ -138,3 +138,89 @@ def test_prompts_follow_official_llava_and_default_to_the_backbones_template():
     conv = wrapped.new_conversation()
     wrapped.add_user_turn(conv, "What is it?", has_image=True)
     assert "USER: <im_start><image><im_end>\nWhat is it? ASSISTANT:" in conv.get_prompt()
+
+
+def _engine_and_items(checkpoint, questions, demo_data, n=3):
+    from llava.eval.inference import InferenceEngine
+
+    engine = InferenceEngine.from_pretrained(checkpoint)
+    items = []
+    for record in read_jsonl(questions)[:n]:
+        conv = engine.new_conversation()
+        engine.add_user_turn(conv, record["text"], has_image=True)
+        items.append(engine.prepare(conv, os.path.join(demo_data["image_folder"], record["image"])))
+    return engine, items
+
+
+def test_prompt_forward_computes_only_the_last_positions_logits(checkpoint, questions, demo_data):
+    """generate() asks for the last position's logits only (logits_to_keep), the same numbers as the full forward's."""
+    import torch
+
+    engine, items = _engine_and_items(checkpoint, questions, demo_data)
+    model = engine.model
+    assert model._supports_logits_to_keep()
+    batch = engine._batch(items)
+    with torch.no_grad():
+        full = model(**batch).logits
+        last = model(**batch, logits_to_keep=1).logits
+    assert last.shape == (len(items), 1, full.shape[-1])
+    assert torch.allclose(last, full[:, -1:], atol=1e-5)
+
+
+def test_single_token_stop_string_ends_rows_inside_generate_with_unchanged_answers(checkpoint, questions, demo_data):
+    """A one-token stop string is an extra EOS id (no per-step decoding); answers equal the keyword criterion's,
+    and generation ends as soon as every row has produced it."""
+    import torch
+
+    from llava.eval.inference import GenerationSettings
+    from llava.mm_utils import KeywordsStoppingCriteria
+
+    engine, items = _engine_and_items(checkpoint, questions, demo_data)
+    settings = GenerationSettings(max_new_tokens=8)
+    first = engine._batch(items[:1])
+    with torch.no_grad():
+        tokens = engine.model.generate(**first, max_new_tokens=8, do_sample=False)[0].tolist()
+    # A token the model emits mid-answer that is a token of its own when tokenised alone: the stop string.
+    step, stop = next((k, engine.tokenizer.decode([t])) for k, t in enumerate(tokens)
+                      if k >= 2 and engine._single_token_id(engine.tokenizer.decode([t])) == t and t not in tokens[:k])
+
+    kwargs = engine._generate_kwargs(first, settings, stop)
+    assert "stopping_criteria" not in kwargs and tokens[step] in kwargs["eos_token_id"]
+    with torch.no_grad():
+        out = engine.model.generate(**kwargs)
+    assert out.shape[1] == step + 1 < 8  # stopped at the stop token, not at max_new_tokens
+
+    fast = engine.generate(items, settings, stop_str=stop)
+    engine._single_token_id = lambda text: None  # force the decoding criterion
+    assert isinstance(engine._generate_kwargs(first, settings, stop)["stopping_criteria"][0], KeywordsStoppingCriteria)
+    assert engine.generate(items, settings, stop_str=stop) == fast
+    assert stop.strip() not in fast[0]
+
+
+def test_a_batchs_images_are_processed_together_exactly_as_one_by_one(checkpoint, questions, demo_data):
+    import torch
+
+    from llava.eval.inference import InferenceEngine
+
+    engine = InferenceEngine.from_pretrained(checkpoint)
+    paths = [os.path.join(demo_data["image_folder"], r["image"]) for r in read_jsonl(questions)[:3]]
+    together = engine.process_images(paths)
+    assert together.shape[0] == 3
+    assert torch.equal(together, torch.stack([engine.process_image(p) for p in paths]))
+    prepared = model_vqa.prepare_batch(engine, read_jsonl(questions)[:3], demo_data["image_folder"])
+    assert all(torch.equal(item.image, pixels) for item, pixels in zip(prepared, together))
+
+
+@pytest.mark.parametrize("backbone", ["phi", "llama"])
+def test_prompts_tokenised_together_get_the_ids_of_one_by_one(backbone, tiny_llm):
+    import torch
+    from transformers import AutoTokenizer
+
+    from llava.mm_utils import tokenizer_image_token, tokenizer_image_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm(backbone))
+    prompts = ["USER: <image>\nWhat colour? ASSISTANT:", "no image here", "<image>", "a <image> b <image>\nc", ""]
+    together = tokenizer_image_tokens(prompts, tokenizer)
+    assert len(together) == len(prompts)
+    for prompt, ids in zip(prompts, together):
+        assert torch.equal(ids, tokenizer_image_token(prompt, tokenizer, return_tensors="pt"))

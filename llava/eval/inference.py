@@ -105,12 +105,20 @@ class InferenceEngine:
 
     def process_image(self, image) -> torch.Tensor:
         """(C, H, W) pixels for an image path, bytes or PIL image, as the checkpoint was trained."""
-        return process_images([load_image(image)], self.image_processor, self.model.config)[0]
+        return self.process_images([image])[0]
 
-    def prepare(self, conv: Conversation, image=None) -> Prepared:
-        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output."""
+    def process_images(self, images: Sequence) -> torch.Tensor:
+        """(N, C, H, W) pixels for several images in one image-processor call (its per-call cost is paid once)."""
+        return process_images([load_image(image) for image in images], self.image_processor, self.model.config)
+
+    def prepare(self, conv: Conversation, image=None, input_ids: torch.Tensor | None = None) -> Prepared:
+        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output.
+
+        `input_ids`: the prompt already tokenised (`tokenizer_image_tokens` does a batch in one call).
+        """
         prompt = conv.get_prompt()
-        input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+        if input_ids is None:
+            input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
         length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._num_patches() - 1)
         if length >= self.context_len:
             # The model would otherwise cut the prompt; an answer to half a question is worse than none.
@@ -143,13 +151,29 @@ class InferenceEngine:
         return dict(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), images=pixels)
 
     def _generate_kwargs(self, batch: dict, settings: GenerationSettings, stop_str: str) -> dict:
-        stopping = KeywordsStoppingCriteria([stop_str], self.tokenizer)
-        return dict(
-            **batch,
-            **settings.generate_kwargs(),
-            stopping_criteria=[stopping],
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        kwargs = dict(**batch, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)
+        stop_id = self._single_token_id(stop_str)
+        if stop_id is not None:
+            # A stop string that is one token (Phi's and LLaMA's "<|endoftext|>", "</s>") stops a row
+            # like EOS does, inside generate(), with no per-step decoding of every row's tail.
+            kwargs["eos_token_id"] = sorted(set(self._eos_ids()) | {stop_id})
+        else:
+            kwargs["stopping_criteria"] = [KeywordsStoppingCriteria([stop_str], self.tokenizer)]
+        return kwargs
+
+    def _single_token_id(self, text: str) -> int | None:
+        if not text:
+            return None
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
+
+    def _eos_ids(self) -> list[int]:
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return []
+        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
 
     def generate(
         self, items: Sequence[Prepared], settings: GenerationSettings | None = None, stop_str: str | None = None

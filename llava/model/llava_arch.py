@@ -353,8 +353,12 @@ class LlavaMetaForCausalLM:
         images=None,
         image_sizes=None,
         image_features=None,
+        logits_to_keep=0,
         **kwargs,
     ):
+        # `logits_to_keep` is named (not left in **kwargs) because generate() looks for it in this
+        # signature: with it, the prompt's forward computes vocabulary logits for the last position
+        # only instead of every prompt position, the bulk of a small model's prefill.
         if inputs_embeds is None:
             if self._is_packed(input_ids, position_ids, attention_mask):
                 # Backbones skip the per-sample mask when handed a cache, even an empty one.
@@ -378,6 +382,7 @@ class LlavaMetaForCausalLM:
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 
@@ -390,7 +395,6 @@ class LlavaMetaForCausalLM:
         accumulation); `logits` is not returned.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        kwargs.pop("logits_to_keep", None)
         outputs = self.get_model()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
