@@ -1,7 +1,7 @@
 """scripts/demo.sh end to end in quick mode: every stage runs and the summary reports accuracy vs baseline.
 
 Quick mode trains a few steps on tiny sizes, so only the plumbing is checked, not the accuracy
-(the full default run is what reaches >= 90 %; see README). Takes about 1-2 minutes on 2 CPU cores.
+(the full default run measures that; see README). Takes about 1-2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ like real LLaVA data, so the default launcher runs exercise the real pipeline:
 writes into OUT:
     images/                 PNG files (train_*.png, eval_*.png)
     pretrain.json           stage 1: one caption record per training image (plain template layout)
-    finetune.json           stage 2: question-answer conversations (4 turns per image, plus a few text-only records)
+    finetune.json           stage 2: question-answer conversations (two per image: presence; colour + shape),
+                            plus a few text-only records
     eval_questions.jsonl    held-out questions for `python -m llava.eval.model_vqa`
     eval_questions.json     the same in the official VQA questions format (for the scorer)
     eval_annotations.json   official VQA annotations format: 10 human answers per question
@@ -120,21 +121,20 @@ def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
     }
 
 
-def training_questions(shape: str, color: str, rng: random.Random) -> list[tuple[str, str, str]]:
-    """What a training conversation asks: colour, shape, and presence twice (one true, one false shape).
+def training_conversations(shape: str, color: str, rng: random.Random) -> list[list[tuple[str, str]]]:
+    """The (question, answer) conversations about one training image.
 
-    The presence pair about one image makes guessing useless: the answer depends on both the asked
-    shape and the image (with one presence question per image a tiny model stayed at 50 % longer).
+    The presence question (the true shape or another, 50/50) gets a conversation of its own, so the
+    image is the only way to answer it: asked after "What shape is in the image?" (or after a
+    second presence question about the same image) it can be read off the conversation, a shortcut
+    that does not exist for the held-out questions, which are asked one at a time.
     """
     other = rng.choice([s for s in SHAPES if s != shape])
-    questions = [
-        ("color", "What color is the shape?", color),
-        ("shape", "What shape is in the image?", shape),
-        ("presence", f"Is there a {shape} in the image?", "yes"),
-        ("presence", f"Is there a {other} in the image?", "no"),
-    ]
-    rng.shuffle(questions)
-    return questions
+    asked = rng.choice([shape, other])
+    presence = [(f"Is there a {asked} in the image?", "yes" if asked == shape else "no")]
+    describe = [("What color is the shape?", color), ("What shape is in the image?", shape)]
+    rng.shuffle(describe)
+    return [presence, describe]
 
 
 def _write_json(path: str, payload) -> None:
@@ -164,14 +164,15 @@ def generate(out_dir: str, num_train: int = 2000, num_eval: int = 150, image_siz
                 ],
             }
         )
-        turns = []
-        for turn, (_, question, answer) in enumerate(training_questions(shape, color, rng)):
-            prefix = "<image>\n" if turn == 0 else ""
-            turns += [
-                {"from": "human", "value": f"{prefix}{question}\n{SHORT_ANSWER_PROMPT}"},
-                {"from": "gpt", "value": answer},
-            ]
-        finetune.append({"id": f"qa-{i}", "image": name, "conversations": turns})
+        for part, questions in enumerate(training_conversations(shape, color, rng)):
+            turns = []
+            for turn, (question, answer) in enumerate(questions):
+                prefix = "<image>\n" if turn == 0 else ""
+                turns += [
+                    {"from": "human", "value": f"{prefix}{question}\n{SHORT_ANSWER_PROMPT}"},
+                    {"from": "gpt", "value": answer},
+                ]
+            finetune.append({"id": f"qa-{i}-{part}", "image": name, "conversations": turns})
         if i % 50 == 0:  # a few text-only records, as real instruction data has
             question, answer = TEXT_ONLY[(i // 50) % len(TEXT_ONLY)]
             finetune.append(
