@@ -160,6 +160,22 @@ def seconds_per_call(fn: Callable[[], object], calls: int = 1, sync: Callable[[]
 
 
 # -- memory ----------------------------------------------------------------------------------------
+def make_step(model, batch: dict, optimizer, label_logits_only: bool | None = None) -> Callable[[], None]:
+    """One training step (zero grads, forward + backward, optimizer step) on a fixed batch.
+
+    `label_logits_only` (ours only): set before each step, so two cases can share one model.
+    """
+
+    def step():
+        if label_logits_only is not None:
+            model.label_logits_only = label_logits_only
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def _status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -337,21 +353,13 @@ def tokenizer_for(backbone: str):
 
 def save_checkpoint(model, tokenizer, out_dir: str) -> str:
     """Write `model` as a full LLaVA checkpoint (weights, tokenizer, image processor), as training does."""
-    from transformers import CLIPImageProcessor
+    from llava.model.tiny import tiny_image_processor
 
-    from llava.model.tiny import CLIP_MEAN, CLIP_STD
-
-    size = model.get_vision_tower().config.image_size
     for name in ("bos", "eos", "pad"):
         setattr(model.config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    CLIPImageProcessor(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    ).save_pretrained(out_dir)
+    tiny_image_processor(model.get_vision_tower().config.image_size).save_pretrained(out_dir)
     return out_dir
 
 

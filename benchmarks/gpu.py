@@ -35,6 +35,7 @@ from benchmarks.common import (
     build_model,
     llava_config,
     make_row,
+    make_step,
     peak_rss_mib,
     reset_peak_rss,
     save_checkpoint,
@@ -202,12 +203,7 @@ def full_finetune(setup: Setup, attn: str, device, dtype, repeats: int, steps: i
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     batch = make_batch(setup, setup.batch_size, device, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        optimizer.step()
-
+    step = make_step(model, batch, optimizer)
     step()  # warm-up: optimizer state, kernels, allocator
     seconds = [seconds_per_call(step, steps, sync) for _ in range(repeats)]
     peak = memory.peak_gib()
@@ -263,12 +259,7 @@ def qlora(setup: Setup, device, dtype, repeats: int, workdir: str) -> list[dict]
     optimizer = torch.optim.AdamW(params, lr=2e-4)
     batch = make_batch(setup, setup.qlora_batch_size, device, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        optimizer.step()
-
+    step = make_step(model, batch, optimizer)
     step()
     untrained = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     if untrained:  # e.g. checkpointed blocks cut off from the graph: the figure would be of a wrong run

@@ -30,6 +30,7 @@ from benchmarks.common import (
     benchmark_main,
     build_tiny_llava,
     make_row,
+    make_step,
     measure_in_child,
     save_checkpoint,
     seconds_per_call,
@@ -154,17 +155,6 @@ def check_losses(ours, hf, ours_batch, hf_batch) -> dict:
             "the two models do not compute the same thing, so their speeds are not comparable"
         )
     return {**losses, "max_abs_diff": worst}
-
-
-def make_step(model, batch, optimizer, label_logits_only: bool | None = None):
-    def step():
-        if label_logits_only is not None:
-            model.label_logits_only = label_logits_only
-        optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def memory_case(case: str, path: str, sizes: dict, spec: dict, image_token_id: int, pad_id: int) -> dict:

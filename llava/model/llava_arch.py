@@ -193,6 +193,8 @@ class LlavaMetaForCausalLM:
         tower = self.get_vision_tower()
         if tower is None or input_ids is None:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        if isinstance(image_features, (list, tuple)):
+            image_features = torch.cat(list(image_features))
         is_image = input_ids == IMAGE_TOKEN_INDEX
         markers_per_sample = is_image.sum(dim=1)
         n_markers = int(markers_per_sample.sum())
@@ -211,8 +213,6 @@ class LlavaMetaForCausalLM:
         projected = None
         if n_markers:
             if image_features is not None:
-                if isinstance(image_features, (list, tuple)):
-                    image_features = torch.cat(list(image_features))
                 projected = self.project_features(self._images_for_markers(image_features, markers_per_sample))
             elif images is not None:
                 projected = self.encode_images(self._images_for_markers(images, markers_per_sample))
@@ -230,8 +230,6 @@ class LlavaMetaForCausalLM:
         zero-weighted result) so every rank touches the same parameters under ZeRO-3. With cached
         features no rank ever runs the (frozen) tower, so the projector alone does."""
         if cached_features is not None:
-            if isinstance(cached_features, (list, tuple)):
-                cached_features = torch.cat(list(cached_features))
             dummy = self.project_features(cached_features.new_zeros(1, *cached_features.shape[1:]))
         else:
             tower = self.get_vision_tower()

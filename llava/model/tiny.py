@@ -59,13 +59,18 @@ def save_tiny_vision_tower(
     )
     torch.manual_seed(seed)
     CLIPVisionModel(config).save_pretrained(out_dir)
-    CLIPImageProcessor(
+    tiny_image_processor(image_size).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_image_processor(image_size: int) -> CLIPImageProcessor:
+    """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at `image_size` pixels."""
+    return CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
-    ).save_pretrained(out_dir)
-    return out_dir
+    )
 
 
 def main(argv=None) -> None:
