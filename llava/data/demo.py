@@ -8,7 +8,8 @@ like real LLaVA data, so the default launcher runs exercise the real pipeline:
 writes into OUT:
     images/                 PNG files (train_*.png, eval_*.png)
     pretrain.json           stage 1: one caption record per training image (plain template layout)
-    finetune.json           stage 2: question-answer conversations (two per image: presence; colour + shape),
+    finetune.json           stage 2: question-answer conversations (three per image: presence of its shape,
+                            presence of another shape; colour + shape),
                             plus a few text-only records
     eval_questions.jsonl    held-out questions for `python -m llava.eval.model_vqa`
     eval_questions.json     the same in the official VQA questions format (for the scorer)
@@ -91,7 +92,8 @@ def question_type(question: str) -> str | None:
 def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
     """Held-out accuracy of always answering the training data's most common answer for the question type.
 
-    Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
+    A tie (presence is balanced: one "yes" and one "no" per training image) goes to the answer
+    seen first. Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
     """
     with open(finetune_path) as f:
         records = json.load(f)
@@ -124,17 +126,19 @@ def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
 def training_conversations(shape: str, color: str, rng: random.Random) -> list[list[tuple[str, str]]]:
     """The (question, answer) conversations about one training image.
 
-    The presence question (the true shape or another, 50/50) gets a conversation of its own, so the
-    image is the only way to answer it: asked after "What shape is in the image?" (or after a
-    second presence question about the same image) it can be read off the conversation, a shortcut
-    that does not exist for the held-out questions, which are asked one at a time.
+    Presence is asked twice per image, once about its shape ("yes") and once about another
+    ("no"), each in a conversation of its own:
+    - balanced per image, neither the image nor the asked word alone predicts the answer, so the
+      only thing left to learn is whether they agree (from one stage-1 model the pair left the
+      chance plateau after 220-520 steps, one presence question per image after 400-780);
+    - on its own, because asked after "What shape is in the image?" the answer could be read off
+      the conversation, a shortcut the held-out questions (asked one at a time) do not offer.
     """
     other = rng.choice([s for s in SHAPES if s != shape])
-    asked = rng.choice([shape, other])
-    presence = [(f"Is there a {asked} in the image?", "yes" if asked == shape else "no")]
+    presence = [[(f"Is there a {asked} in the image?", "yes" if asked == shape else "no")] for asked in (shape, other)]
     describe = [("What color is the shape?", color), ("What shape is in the image?", shape)]
     rng.shuffle(describe)
-    return [presence, describe]
+    return [*presence, describe]
 
 
 def _write_json(path: str, payload) -> None:
