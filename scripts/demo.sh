@@ -95,7 +95,7 @@ finetune() {
     # Starts from the whole stage-1 model (a full checkpoint), not just its projector, and trains the
     # LLM only, at a constant learning rate, on randomly drawn batches. "Is there a <shape>?" is
     # answered by comparing the asked word with the seen shape; the tiny LLM sits at chance on it
-    # until it finds that comparison. From a stage-1 model where it does (200-520 steps at a
+    # until it finds that comparison. From a stage-1 model where it does (220-520 steps at a
     # constant rate), a cosine decay kept it at chance for all 800 steps. How long the plateau
     # lasts depends mostly on the stage-1 model: from others it outlasted 1,200 steps.
     env "${common_env[@]}" MODEL_PATH="$STAGE1" OUTPUT_DIR="$STAGE2" MAX_STEPS="$FINETUNE_STEPS" \
