@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
+from llava.train.feature_cache import NEEDS_FROZEN_TOWER
+
 TRAIN_MODULES = ("projector", "lora", "llm", "vision_tower", "lm_head")
 
 
@@ -147,6 +149,5 @@ def resolve_train_modules(model_args: ModelArguments, training_args: TrainingArg
     if not modules:
         raise ValueError("nothing to train: --train_modules is empty")
     if training_args.vision_feature_cache and "vision_tower" in modules:
-        raise ValueError("--vision_feature_cache needs a frozen vision tower (its outputs must not change during "
-                         "training); drop 'vision_tower' from --train_modules or drop --vision_feature_cache")
+        raise ValueError(NEEDS_FROZEN_TOWER)
     return frozenset(modules)

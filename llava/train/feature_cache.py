@@ -46,6 +46,10 @@ _NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bf
 _DTYPES = {str(d).removeprefix("torch."): d for d in _NUMPY_STORAGE}
 # Config fields that do not change the tower's output (the weights hash covers its identity).
 _CONFIG_NOISE = ("_name_or_path", "dtype", "torch_dtype", "transformers_version")
+NEEDS_FROZEN_TOWER = (
+    "--vision_feature_cache needs a frozen vision tower (its outputs must not change during training); "
+    "drop 'vision_tower' from --train_modules or drop --vision_feature_cache"
+)
 
 
 # -- the key -----------------------------------------------------------------------------------
@@ -243,8 +247,7 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
     `build_allowed=False` (ranks that waited for the main process) raises instead of building.
     """
     if tower.is_trainable:
-        raise ValueError("--vision_feature_cache needs a frozen vision tower (its outputs must not change during "
-                         "training); drop 'vision_tower' from --train_modules or drop --vision_feature_cache")
+        raise ValueError(NEEDS_FROZEN_TOWER)
     paths = sorted({_normalise(p) for p in paths})
     parts = key_parts(tower, image_processor, image_aspect_ratio)
     reason = _stale_reason(directory, parts, paths)

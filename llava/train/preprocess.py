@@ -20,7 +20,7 @@ from llava.constants import (
     IMAGE_TOKEN_INDEX,
 )
 from llava.conversation import get_conv_template
-from llava.mm_utils import tokenizer_image_token
+from llava.mm_utils import tokenizer_image_token, tokenizer_image_tokens
 
 HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant")
@@ -113,23 +113,15 @@ def sequence_lengths(
     """How many positions each (conversations, num_images) record fills in the LLM, images expanded.
 
     The same count `preprocess` gives (`len(input_ids)` + `image_tokens - 1` per image, cut to
-    `max_length`), without the per-token answer mask: text pieces are tokenised in batches, which
-    is several times faster, so exact lengths for a whole dataset cost little before training.
+    `max_length`), without the per-token answer mask: prompts are tokenised in batches, which is
+    several times faster, so exact lengths for a whole dataset cost little before training.
     """
-    bos = len(tokenizer_image_token("", tokenizer))  # 1 where the tokenizer prepends BOS itself
     lengths = []
     for begin in range(0, len(records), chunk):
-        pieces, owners = [], []
-        for n, (conversations, num_images) in enumerate(records[begin : begin + chunk]):
-            prompt, _ = render(conversations, template, num_images, mm_use_im_start_end)
-            parts = prompt.split(DEFAULT_IMAGE_TOKEN)
-            pieces += parts
-            owners += [n] * len(parts)
+        prompts = [render(c, template, n, mm_use_im_start_end)[0] for c, n in records[begin : begin + chunk]]
+        for ids in tokenizer_image_tokens(prompts, tokenizer):
             # Each marker is one position that becomes `image_tokens` patch embeddings.
-            lengths.append(bos + (len(parts) - 1) * image_tokens)
-        counts = tokenizer(pieces, add_special_tokens=False)["input_ids"]
-        for n, ids in zip(owners, counts):
-            lengths[begin + n] += len(ids)
+            lengths.append(len(ids) + int((ids == IMAGE_TOKEN_INDEX).sum()) * (image_tokens - 1))
     return lengths if max_length is None else [min(n, max_length) for n in lengths]
 
 
