@@ -6,7 +6,7 @@ import json
 import re
 from collections import Counter
 
-from llava.data.demo import SHAPES, SHORT_ANSWER_PROMPT, generate, majority_baseline, question_type
+from llava.data.demo import ABSENT_SHAPES, SHAPES, SHORT_ANSWER_PROMPT, generate, majority_baseline, question_type
 
 
 def _load(path):
@@ -23,7 +23,7 @@ def _caption_of(pretrain):
     return out
 
 
-def test_each_training_image_gets_a_balanced_presence_pair_and_a_description(tmp_path):
+def test_each_training_image_gets_balanced_presence_questions_and_a_description(tmp_path):
     paths = generate(str(tmp_path), num_train=40, num_eval=5)
     truth = _caption_of(_load(paths["pretrain"]))
     by_image: dict[str, list[list[dict]]] = {}
@@ -36,16 +36,20 @@ def test_each_training_image_gets_a_balanced_presence_pair_and_a_description(tmp
     assert set(by_image) == set(truth) and text_only > 0
 
     presence_answers = Counter()
+    absent_asked = set()
     for image, conversations in by_image.items():
         color, shape = truth[image]
         presence = [c for c in conversations if question_type(c[0]["value"]) == "presence"]
         describe = [c for c in conversations if question_type(c[0]["value"]) != "presence"]
-        # Two presence conversations of one turn each: one about the image's shape ("yes"), one about another ("no").
-        assert len(presence) == 2 and all(len(c) == 2 for c in presence)
+        # Four presence conversations of one turn each: its own shape and "a shape" ("yes"), another
+        # drawn shape and a never-drawn one ("no").
+        assert len(presence) == 4 and all(len(c) == 2 for c in presence)
         asked = {re.search(r"Is there a (\w+) in the image\?", c[0]["value"]).group(1): c[1]["value"] for c in presence}
-        assert asked[shape] == "yes" and len(asked) == 2
-        (other,) = set(asked) - {shape}
-        assert other in SHAPES and asked[other] == "no"
+        assert len(asked) == 4 and asked[shape] == "yes" and asked["shape"] == "yes"
+        (other,) = set(asked) & (set(SHAPES) - {shape})
+        (absent,) = set(asked) - set(SHAPES) - {"shape"}
+        assert asked[other] == "no" and asked[absent] == "no" and absent in ABSENT_SHAPES
+        absent_asked.add(absent)
         presence_answers.update(asked.values())
         # One conversation asks colour and shape (either order), image marker in the first turn only.
         (turns,) = describe
@@ -53,7 +57,8 @@ def test_each_training_image_gets_a_balanced_presence_pair_and_a_description(tmp
         assert answers == {"color": color, "shape": shape}
         assert turns[0]["value"].startswith("<image>\n") and "<image>" not in turns[2]["value"]
         assert all(h["value"].endswith(SHORT_ANSWER_PROMPT) for c in conversations for h in c[::2])
-    assert presence_answers == {"yes": 40, "no": 40}
+    assert presence_answers == {"yes": 80, "no": 80}
+    assert len(absent_asked) > 1  # drawn at random, not one fixed word
 
 
 def test_held_out_questions_one_per_type_per_image_with_ten_identical_answers(tmp_path):

@@ -8,8 +8,8 @@ like real LLaVA data, so the default launcher runs exercise the real pipeline:
 writes into OUT:
     images/                 PNG files (train_*.png, eval_*.png)
     pretrain.json           stage 1: one caption record per training image (plain template layout)
-    finetune.json           stage 2: question-answer conversations (three per image: presence of its shape,
-                            presence of another shape; colour + shape),
+    finetune.json           stage 2: question-answer conversations (five per image: presence of its shape,
+                            of another drawn shape, of "a shape", of a never-drawn shape; colour + shape),
                             plus a few text-only records
     eval_questions.jsonl    held-out questions for `python -m llava.eval.model_vqa`
     eval_questions.json     the same in the official VQA questions format (for the scorer)
@@ -38,6 +38,8 @@ COLORS = {
     "orange": (245, 140, 20),
 }
 SHAPES = ("circle", "square", "triangle")
+# Asked about in training, never drawn: "Is there a star in the image?" is always "no".
+ABSENT_SHAPES = ("star", "heart", "diamond", "cross", "arrow", "oval")
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 CAPTION_PROMPTS = ("Describe the image briefly.", "What is in this picture?", "Give a short caption.")
 TEXT_ONLY = (
@@ -92,7 +94,7 @@ def question_type(question: str) -> str | None:
 def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
     """Held-out accuracy of always answering the training data's most common answer for the question type.
 
-    A tie (presence is balanced: one "yes" and one "no" per training image) goes to the answer
+    A tie (presence is balanced: two "yes" and two "no" per training image) goes to the answer
     seen first. Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
     """
     with open(finetune_path) as f:
@@ -126,19 +128,27 @@ def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
 def training_conversations(shape: str, color: str, rng: random.Random) -> list[list[tuple[str, str]]]:
     """The (question, answer) conversations about one training image.
 
-    Presence is asked twice per image, once about its shape ("yes") and once about another
-    ("no"), each in a conversation of its own:
-    - balanced per image, neither the image nor the asked word alone predicts the answer, so the
-      only thing left to learn is whether they agree (from one stage-1 model the pair left the
-      chance plateau after 220-520 steps, one presence question per image after 400-780);
-    - on its own, because asked after "What shape is in the image?" the answer could be read off
+    Presence is asked four times per image, each in a conversation of its own, two "yes" and two "no":
+    - its own shape ("yes") and another drawn shape ("no"): neither the image nor the asked word alone
+      predicts these answers, only whether the two agree;
+    - "a shape" ("yes") and a shape that is never drawn ("no", ABSENT_SHAPES): here the asked word
+      alone gives the answer, which teaches the answer position to read the asked word. Without
+      these, the tiny LLM has nothing pulling the asked word to where it answers until it stumbles
+      on the comparison: measured from one stage-1 model, presence stayed at chance for 1,200 steps
+      without them and reached 97-98 % held-out accuracy in about 200 steps with them;
+    - each on its own, because asked after "What shape is in the image?" the answer could be read off
       the conversation, a shortcut the held-out questions (asked one at a time) do not offer.
     """
     other = rng.choice([s for s in SHAPES if s != shape])
-    presence = [[(f"Is there a {asked} in the image?", "yes" if asked == shape else "no")] for asked in (shape, other)]
+    presence = [
+        (f"Is there a {shape} in the image?", "yes"),
+        (f"Is there a {other} in the image?", "no"),
+        ("Is there a shape in the image?", "yes"),
+        (f"Is there a {rng.choice(ABSENT_SHAPES)} in the image?", "no"),
+    ]
     describe = [("What color is the shape?", color), ("What shape is in the image?", shape)]
     rng.shuffle(describe)
-    return [*presence, describe]
+    return [*([turn] for turn in presence), describe]
 
 
 def _write_json(path: str, payload) -> None:
