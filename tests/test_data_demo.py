@@ -6,7 +6,15 @@ import json
 import re
 from collections import Counter
 
-from llava.data.demo import ABSENT_SHAPES, SHAPES, SHORT_ANSWER_PROMPT, generate, majority_baseline, question_type
+from llava.data.demo import (
+    ABSENT_SHAPES,
+    SHAPE_PROPERTIES,
+    SHAPES,
+    SHORT_ANSWER_PROMPT,
+    generate,
+    majority_baseline,
+    question_type,
+)
 
 
 def _load(path):
@@ -36,20 +44,25 @@ def test_each_training_image_gets_balanced_presence_questions_and_a_description(
     assert set(by_image) == set(truth) and text_only > 0
 
     presence_answers = Counter()
-    absent_asked = set()
+    absent_asked, properties_asked = set(), set()
     for image, conversations in by_image.items():
         color, shape = truth[image]
         presence = [c for c in conversations if question_type(c[0]["value"]) == "presence"]
         describe = [c for c in conversations if question_type(c[0]["value"]) != "presence"]
-        # Four presence conversations of one turn each: its own shape and "a shape" ("yes"), another
-        # drawn shape and a never-drawn one ("no").
-        assert len(presence) == 4 and all(len(c) == 2 for c in presence)
-        asked = {re.search(r"Is there a (\w+) in the image\?", c[0]["value"]).group(1): c[1]["value"] for c in presence}
-        assert len(asked) == 4 and asked[shape] == "yes" and asked["shape"] == "yes"
-        (other,) = set(asked) & (set(SHAPES) - {shape})
-        (absent,) = set(asked) - set(SHAPES) - {"shape"}
-        assert asked[other] == "no" and asked[absent] == "no" and absent in ABSENT_SHAPES
+        # Six presence conversations of one turn each, three "yes" and three "no": its own shape and
+        # another drawn one, "a shape" and a never-drawn one, a property the shape has and one it lacks.
+        assert len(presence) == 6 and all(len(c) == 2 for c in presence)
+        asked = {re.search(r"Is there (.+) in the image\?", c[0]["value"]).group(1): c[1]["value"] for c in presence}
+        assert len(asked) == 6 and asked[f"a {shape}"] == "yes" and asked["a shape"] == "yes"
+        (other,) = set(asked) & {f"a {s}" for s in SHAPES if s != shape}
+        (absent,) = set(asked) & {f"a {s}" for s in ABSENT_SHAPES}
+        assert asked[other] == "no" and asked[absent] == "no"
+        properties = {prop: answer for prop, answer in asked.items() if prop in SHAPE_PROPERTIES}
+        assert sorted(properties.values()) == ["no", "yes"]
+        for prop, answer in properties.items():
+            assert answer == ("yes" if shape in SHAPE_PROPERTIES[prop] else "no"), (shape, prop)
         absent_asked.add(absent)
+        properties_asked.update(properties)
         presence_answers.update(asked.values())
         # One conversation asks colour and shape (either order), image marker in the first turn only.
         (turns,) = describe
@@ -57,8 +70,8 @@ def test_each_training_image_gets_balanced_presence_questions_and_a_description(
         assert answers == {"color": color, "shape": shape}
         assert turns[0]["value"].startswith("<image>\n") and "<image>" not in turns[2]["value"]
         assert all(h["value"].endswith(SHORT_ANSWER_PROMPT) for c in conversations for h in c[::2])
-    assert presence_answers == {"yes": 80, "no": 80}
-    assert len(absent_asked) > 1  # drawn at random, not one fixed word
+    assert presence_answers == {"yes": 120, "no": 120}
+    assert len(absent_asked) > 1 and properties_asked == set(SHAPE_PROPERTIES)  # drawn at random, not fixed
 
 
 def test_held_out_questions_one_per_type_per_image_with_ten_identical_answers(tmp_path):

@@ -8,9 +8,9 @@ like real LLaVA data, so the default launcher runs exercise the real pipeline:
 writes into OUT:
     images/                 PNG files (train_*.png, eval_*.png)
     pretrain.json           stage 1: one caption record per training image (plain template layout)
-    finetune.json           stage 2: question-answer conversations (five per image: presence of its shape,
-                            of another drawn shape, of "a shape", of a never-drawn shape; colour + shape),
-                            plus a few text-only records
+    finetune.json           stage 2: question-answer conversations (seven per image: presence of its shape,
+                            of another drawn shape, of "a shape", of a never-drawn shape, of a property it
+                            has and one it lacks; colour + shape), plus a few text-only records
     eval_questions.jsonl    held-out questions for `python -m llava.eval.model_vqa`
     eval_questions.json     the same in the official VQA questions format (for the scorer)
     eval_annotations.json   official VQA annotations format: 10 human answers per question
@@ -40,6 +40,13 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle")
 # Asked about in training, never drawn: "Is there a star in the image?" is always "no".
 ABSENT_SHAPES = ("star", "heart", "diamond", "cross", "arrow", "oval")
+# Asked about in training as "Is there <property> in the image?": the shapes that have each property.
+SHAPE_PROPERTIES = {
+    "a round shape": ("circle",),
+    "a shape with corners": ("square", "triangle"),
+    "a shape with three corners": ("triangle",),
+    "a shape with four corners": ("square",),
+}
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 CAPTION_PROMPTS = ("Describe the image briefly.", "What is in this picture?", "Give a short caption.")
 TEXT_ONLY = (
@@ -94,7 +101,7 @@ def question_type(question: str) -> str | None:
 def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
     """Held-out accuracy of always answering the training data's most common answer for the question type.
 
-    A tie (presence is balanced: two "yes" and two "no" per training image) goes to the answer
+    A tie (presence is balanced: three "yes" and three "no" per training image) goes to the answer
     seen first. Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
     """
     with open(finetune_path) as f:
@@ -128,23 +135,30 @@ def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
 def training_conversations(shape: str, color: str, rng: random.Random) -> list[list[tuple[str, str]]]:
     """The (question, answer) conversations about one training image.
 
-    Presence is asked four times per image, each in a conversation of its own, two "yes" and two "no":
+    Presence is asked six times per image, each in a conversation of its own, three "yes" and three "no":
     - its own shape ("yes") and another drawn shape ("no"): neither the image nor the asked word alone
-      predicts these answers, only whether the two agree;
-    - "a shape" ("yes") and a shape that is never drawn ("no", ABSENT_SHAPES): here the asked word
-      alone gives the answer, which teaches the answer position to read the asked word. Without
-      these, the tiny LLM has nothing pulling the asked word to where it answers until it stumbles
-      on the comparison: measured from one stage-1 model, presence stayed at chance for 1,200 steps
-      without them and reached 97-98 % held-out accuracy in about 200 steps with them;
+      predicts these answers, only whether the two agree. A tiny LLM trained on these alone stays at
+      chance for hundreds of steps (measured: over 1,200 from one stage-1 model) before it stumbles
+      on the comparison; the other four give the answer position easier routes to both halves first;
+    - "a shape" ("yes") and a never-drawn shape ("no", ABSENT_SHAPES): the asked word alone gives the
+      answer, which teaches the answer position to read the asked word;
+    - a property the shape has ("yes") and one it lacks ("no", SHAPE_PROPERTIES): a handful of fixed
+      phrases ("a round shape") whose answer follows from the seen shape, a second, easier route from
+      the image to the yes/no answer. Measured from three stage-1 models (600 steps, 2e-3), held-out
+      presence accuracy was 49, 91 and 97 % without these and 89, 97 and 99 % with them;
     - each on its own, because asked after "What shape is in the image?" the answer could be read off
       the conversation, a shortcut the held-out questions (asked one at a time) do not offer.
     """
     other = rng.choice([s for s in SHAPES if s != shape])
+    has = [prop for prop, shapes in SHAPE_PROPERTIES.items() if shape in shapes]
+    lacks = [prop for prop, shapes in SHAPE_PROPERTIES.items() if shape not in shapes]
     presence = [
         (f"Is there a {shape} in the image?", "yes"),
         (f"Is there a {other} in the image?", "no"),
         ("Is there a shape in the image?", "yes"),
         (f"Is there a {rng.choice(ABSENT_SHAPES)} in the image?", "no"),
+        (f"Is there {rng.choice(has)} in the image?", "yes"),
+        (f"Is there {rng.choice(lacks)} in the image?", "no"),
     ]
     describe = [("What color is the shape?", color), ("What shape is in the image?", shape)]
     rng.shuffle(describe)
