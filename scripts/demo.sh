@@ -94,13 +94,14 @@ assets() {
         --seed "$SEED"
 }
 
-# Both stages: one save at the end (no intermediate checkpoint-N), the demo's vision settings.
+# Both stages: one save at the end (no intermediate checkpoint-N), the demo's vision settings, one seed.
 common_env=(MODEL_PATH="$LLM" VISION_TOWER="$CLIP" DATA_DIR="$DATA" RUN_NAME="llava-$BACKBONE-demo" SAVE_STEPS=100000)
+common_args="--mm_vision_select_layer $SELECT_LAYER --save_strategy no --seed $SEED"
 
 pretrain() {
     env "${common_env[@]}" OUTPUT_DIR="$STAGE1" MAX_STEPS="$PRETRAIN_STEPS" BATCH_SIZE="$PRETRAIN_BATCH" \
         LR="$PRETRAIN_LR" ZERO=2 \
-        EXTRA_ARGS="--mm_vision_select_layer $SELECT_LAYER --train_modules projector,llm,vision_tower --save_strategy no --seed $SEED" \
+        EXTRA_ARGS="$common_args --train_modules projector,llm,vision_tower" \
         bash scripts/pretrain.sh
 }
 
@@ -113,7 +114,7 @@ finetune() {
     # from a stage-1 model that found it in 220-520 steps at a constant rate.
     env "${common_env[@]}" MODEL_PATH="$STAGE1" OUTPUT_DIR="$STAGE2" MAX_STEPS="$FINETUNE_STEPS" \
         BATCH_SIZE="$FINETUNE_BATCH" LR="$FINETUNE_LR" ZERO=2 \
-        EXTRA_ARGS="--mm_vision_select_layer $SELECT_LAYER --train_modules llm --lr_scheduler_type constant --group_by_modality_length False --save_strategy no --gradient_checkpointing False --seed $SEED" \
+        EXTRA_ARGS="$common_args --train_modules llm --lr_scheduler_type constant --group_by_modality_length False --gradient_checkpointing False" \
         bash scripts/finetune.sh
 }
 
