@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria
@@ -14,29 +16,90 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 
 # -- images --------------------------------------------------------------------------------
-def load_image(source) -> Image.Image:
-    """An RGB image from a path, raw bytes, a file object or a PIL image.
+# Far above any image a LLaVA tower needs (a 336-px crop), below what a worker can decode cheaply:
+# a 12000 x 12000 image (144 MP) takes a training process to ~2.4 GB.
+MAX_IMAGE_PIXELS = 64_000_000
+# What transparent pixels become once an image is flattened to RGB.
+BACKGROUND = (255, 255, 255)
 
-    Errors name the source so a bad record can be found in a large dataset.
+
+class ImageTooLarge(ValueError):
+    """An image over the pixel limit, refused before it is decoded."""
+
+
+def _describe(source) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
+
+
+def _check_size(image: Image.Image, source, max_pixels: int | None) -> None:
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image {_describe(source)} is {width} x {height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,}; downscale it, or raise the limit if you really mean to decode it"
+        )
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Integer and float single-channel modes scaled (not clipped) into 0..255.
+
+    Pillow's own convert clips: a 16-bit PNG ("I;16", or "I" in older Pillow) would turn almost
+    white. 16-bit data is divided by 257 (65535 -> 255); "I" data beyond 0..65535 and "F" data
+    beyond 0..1 are stretched from their own minimum and maximum.
+    """
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        low, high = (0.0, 1.0) if array.size == 0 or (array.min() >= 0 and array.max() <= 1) else (array.min(), array.max())
+    elif array.size == 0 or (array.min() >= 0 and array.max() <= 65535):
+        low, high = 0.0, 65535.0
+    else:
+        low, high = array.min(), array.max()
+    scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image, background=BACKGROUND) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: high bit depths scaled, transparency composited over `background`."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8bit(image)
+    if (image.mode == "P" and "transparency" in image.info) or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        flat = Image.new("RGB", image.size, background)
+        flat.paste(image, mask=image.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def load_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An 8-bit RGB image from a path, raw bytes, a file object or a PIL image.
+
+    Every Pillow mode converts correctly (16-bit and float scaled, transparency over white,
+    CMYK and palettes to RGB). Images over `max_pixels` are refused (`ImageTooLarge`) from their
+    header, before any pixel is decoded; None lifts the limit. Errors name the source so a bad
+    record can be found in a large dataset.
     """
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        _check_size(source, source, max_pixels)
+        return to_rgb(source)
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+        raise FileNotFoundError(f"image file not found: {source}")
     try:
-        if isinstance(source, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(source))
-        elif isinstance(source, (str, os.PathLike)):
-            if not os.path.exists(source):
-                raise FileNotFoundError(f"image file not found: {source}")
-            image = Image.open(source)
-        else:
-            image = Image.open(source)
+        with warnings.catch_warnings():
+            # Our own limit decides; Pillow's bomb warning would only repeat it (or fire below it).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        _check_size(image, source, max_pixels)
         image.load()
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses some sizes in open() itself (over twice its own limit), whatever ours is.
+        raise ImageTooLarge(f"image {_describe(source)} is too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        name = source if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
-        raise ValueError(f"cannot decode image {name}: {exc}") from exc
-    return image.convert("RGB")
+        raise ValueError(f"cannot decode image {_describe(source)}: {exc}") from exc
+    return to_rgb(image)
 
 
 def expand2square(image: Image.Image, background_color) -> Image.Image:
