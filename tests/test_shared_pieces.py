@@ -34,16 +34,18 @@ def two_turns(name):
     "name,answers",
     [
         ("plain", ["A red circle.\n", "Yes.\n"]),
-        ("v1", ["A red circle.</s>", "Yes.</s>"]),
-        ("llava_llama_2", ["A red circle. </s>", "Yes. </s>"]),
+        ("v1", [" A red circle.</s>", " Yes.</s>"]),
+        ("llava_llama_2", [" A red circle. </s>", " Yes. </s>"]),
         ("mpt", ["A red circle.<|im_end|>", "Yes.<|im_end|>"]),
-        ("phi", ["A red circle.<|endoftext|>", "Yes.<|endoftext|>"]),
-        ("opt", ["A red circle.</s>", "Yes.</s>"]),
+        ("phi", [" A red circle.<|endoftext|>", " Yes.<|endoftext|>"]),
+        ("opt", [" A red circle.</s>", " Yes.</s>"]),
+        ("v0", [" A red circle.###", " Yes.###"]),
     ],
 )
 def test_target_spans_are_exactly_the_answers_and_their_end_separator(name, answers):
+    """Everything generated after the assistant tag: the space before the answer too."""
     prompt, spans = two_turns(name).get_prompt_and_targets()
-    assert [prompt[a:b] for a, b in spans] == answers
+    assert [prompt[a:b] for a, b in spans][-2:] == answers  # v0's example exchange is rendered first
     assert prompt.endswith(answers[-1])
 
 
