@@ -271,7 +271,8 @@ def test_inference_engine_builds_the_official_prompts(mode):
     elif "mmtag" in mode:
         # Official training wraps the image in <Image> tags (preprocess_multimodal), model_vqa does not.
         assert conv.get_prompt() == entry["prompt"].replace("<image>", "<Image><image></Image>")
-        assert PROMPTS["conv_modes"][mode]["training"]["img_first"]["trainer_prompt"].count("<Image><image></Image>") == 1
+        trained = PROMPTS["conv_modes"][mode]["training"]["img_first"]["trainer_prompt"]
+        assert trained.count("<Image><image></Image>\n") == 1
     else:
         assert conv.get_prompt() == entry["prompt"]
     tag = {"SINGLE": conv.roles[1] + ":", "TWO": conv.roles[1] + ":", "LLAMA_2": "[/INST]", "MPT": conv.roles[1]}

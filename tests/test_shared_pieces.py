@@ -65,6 +65,17 @@ def test_templates_know_roles_separators_and_stop_strings():
     assert conv.get_prompt().endswith("USER: Hi ASSISTANT:")
 
 
+def test_mmtag_templates_wrap_the_image_outside_its_start_end_tokens():
+    """Official preprocess_multimodal wraps "<image>" in <Image> tags, then adds <im_start>/<im_end>."""
+    from llava.train.preprocess import render
+
+    turns = [{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A cat."}]
+    prompt, _ = render(turns, "v1_mmtag", 1, True)
+    assert "USER: <Image><im_start><image><im_end></Image>\nWhat is it? ASSISTANT: A cat.</s>" in prompt
+    assert "USER: <im_start><image><im_end>\nWhat is it?" in render(turns, "v1", 1, True)[0]
+    assert get_conv_template("v0_mmtag").image_text() == "<Image><image></Image>"
+
+
 def test_unknown_template_names_the_choices():
     with pytest.raises(ValueError, match="unknown conversation template 'chatml'.*llava_llama_2.*phi"):
         get_conv_template("chatml")

@@ -146,12 +146,9 @@ def preprocess(
     span_iter = iter(spans)
     span = next(span_iter, None)
     for i, (start, end) in enumerate(offsets):
-        if start < 0:  # BOS, image
-            continue
         while span is not None and start >= span[1]:
             span = next(span_iter, None)
-        # Overlap; a zero-width token (a tokenizer's dummy prefix) counts where it sits.
-        if span is not None and start < span[1] and (end > span[0] or start == end >= span[0]):
+        if span is not None and start >= 0 and start < span[1] and end > span[0]:
             labels[i] = ids[i]
     if all(label == IGNORE_INDEX for label in labels):
         raise InvalidRecord(record_id, "no answer token to learn from (are all assistant answers empty?)", "no answer")

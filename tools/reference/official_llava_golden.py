@@ -339,8 +339,9 @@ def covered_text(prompt, spans, labels) -> list[str]:
 
 
 def describe_difference(tok, ids, official, intended) -> str:
-    extra = [tok.convert_ids_to_tokens(t) for t, o, i in zip(ids, official, intended) if o != IGNORE_INDEX and i == IGNORE_INDEX]
-    missing = [tok.convert_ids_to_tokens(t) for t, o, i in zip(ids, official, intended) if o == IGNORE_INDEX and i != IGNORE_INDEX]
+    rows = list(zip(ids, official, intended))
+    extra = [tok.convert_ids_to_tokens(t) for t, o, i in rows if o != IGNORE_INDEX and i == IGNORE_INDEX]
+    missing = [tok.convert_ids_to_tokens(t) for t, o, i in rows if o == IGNORE_INDEX and i != IGNORE_INDEX]
     parts = []
     if extra:
         parts.append(f"trains {extra} that the model never has to generate")
@@ -466,7 +467,7 @@ def phase_official(llava_root: str) -> dict:
                 elif official_labels == intended:
                     record["official"] = "equal"
                 elif all(label == IGNORE_INDEX for label in official_labels):
-                    record["official"] = f"masks the whole sample (prints {warning!r})" if warning else "masks the whole sample"
+                    record["official"] = "masks the whole sample" + (f" (prints {warning!r})" if warning else "")
                 else:
                     record["official"] = describe_difference(tok, ids, official_labels, intended)
                     record["official_decoded"] = [tok.decode(r) for r in runs(ids, official_labels)]
@@ -487,7 +488,7 @@ def phase_official(llava_root: str) -> dict:
         },
         "raw_files_sha256": digests,
         "tokenizers": {
-            name: {"class": type(tok).__name__, "size": len(tok), "pad_token": tok.pad_token, "bos_token": tok.bos_token}
+            name: {"class": type(tok).__name__, "size": len(tok), "pad": tok.pad_token, "bos": tok.bos_token}
             for name, tok in toks.items()
         },
         "samples": [{"id": sid, "image": has_image, "conversations": turns} for sid, has_image, turns in SAMPLES],
@@ -509,7 +510,8 @@ def phase_ours(official: dict) -> dict:
     for by_tok in official["preprocess"].values():
         for tname, results in by_tok.items():
             for sid, record in results.items():
-                texts[tname].append(("image" if samples[sid]["image"] else "text", record["prompt"], record["input_ids"]))
+                kind = "image" if samples[sid]["image"] else "text"
+                texts[tname].append((kind, record["prompt"], record["input_ids"]))
     check = {}
     for tname, items in texts.items():
         tok = get_backbone(tname).tiny_tokenizer()
