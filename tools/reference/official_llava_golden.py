@@ -93,6 +93,25 @@ OFFICIAL_WRONG_WHY = {
 }
 OFFICIAL_WRONG_WHY["v1/mpt"] = OFFICIAL_WRONG_WHY["v1/phi"]
 
+# Where our prompts deliberately differ from official's (each has a test in tests/test_official_parity.py).
+PROMPT_DIVERGENCES = {
+    "plain, v0_plain (inference)": (
+        "official get_prompt() renders '<image>\\nquestion\\n' (and raises TypeError once an answer is in the "
+        "history, sep2 being None), but preprocess_plain trains '<image>caption\\n'; we prompt with '<image>', "
+        "what the stage-1 model was trained to continue."
+    ),
+    "v0_mmtag, v1_mmtag (inference)": (
+        "official training wraps the image as '<Image><image></Image>' (preprocess_multimodal), model_vqa.py "
+        "and cli.py do not; our inference engine writes it as training did."
+    ),
+    "default, v0, llava_v0, v0_mmtag (training)": (
+        "official's trainer does not tokenise get_prompt() for these: '--version v0' trains vicuna_v1's prompt "
+        "(train.py leaves default_conversation at vicuna_v1), the others go through the legacy "
+        "_add_speaker_and_signal ('### Human: ...\\n'), unlike what get_prompt() renders at inference. We "
+        "train get_prompt()'s text (without v0's example exchange, as official's trainer drops it too)."
+    ),
+}
+
 
 def h(text):
     return {"from": "human", "value": text}
@@ -564,11 +583,19 @@ def main(argv=None) -> None:
     check = phase_ours(official)
     os.makedirs(args.out, exist_ok=True)
     meta = official["meta"]
-    dump({"meta": meta, "conv_modes": official["prompts"]}, os.path.join(args.out, "prompts.json"))
+    dump({"meta": {**meta, "our_divergences": PROMPT_DIVERGENCES}, "conv_modes": official["prompts"]},
+         os.path.join(args.out, "prompts.json"))  # fmt: skip
     dump({"meta": {**{k: v for k, v in meta.items() if k != "samples"}, "official_wrong_why": OFFICIAL_WRONG_WHY},
           "preprocess": official["preprocess"]},
          os.path.join(args.out, "preprocess.json"))  # fmt: skip
-    dump({"meta": {k: v for k, v in meta.items() if k != "samples"}, "probes": official["probes"], "check": check},
+    note = (
+        "Where ids differ, official's slow LlamaTokenizer (SentencePiece: dummy prefix always added, text split "
+        "at whitespace) and transformers 5's LlamaTokenizer (tokenizers BPE, Metaspace prepend_scheme=first, no "
+        "split) disagree on spaces: a run of two ('x:  yes' -> '▁', '▁yes' vs '▁▁', 'yes') and a text chunk that "
+        "starts with one (after <image>: '▁', '▁ASS' vs '▁ASS'). Same text, other tokens."
+    )
+    dump({"meta": {**{k: v for k, v in meta.items() if k != "samples"}, "differences": note},
+          "probes": official["probes"], "check": check},
          os.path.join(args.out, "tokenizers.json"))  # fmt: skip
     for mode, by_tok in official["preprocess"].items():
         for tname, results in by_tok.items():
