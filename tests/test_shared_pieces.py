@@ -34,16 +34,18 @@ def two_turns(name):
     "name,answers",
     [
         ("plain", ["A red circle.\n", "Yes.\n"]),
-        ("v1", ["A red circle.</s>", "Yes.</s>"]),
-        ("llava_llama_2", ["A red circle. </s>", "Yes. </s>"]),
+        ("v1", [" A red circle.</s>", " Yes.</s>"]),
+        ("llava_llama_2", [" A red circle. </s>", " Yes. </s>"]),
         ("mpt", ["A red circle.<|im_end|>", "Yes.<|im_end|>"]),
-        ("phi", ["A red circle.<|endoftext|>", "Yes.<|endoftext|>"]),
-        ("opt", ["A red circle.</s>", "Yes.</s>"]),
+        ("phi", [" A red circle.<|endoftext|>", " Yes.<|endoftext|>"]),
+        ("opt", [" A red circle.</s>", " Yes.</s>"]),
+        ("v0", [" A red circle.###", " Yes.###"]),
     ],
 )
 def test_target_spans_are_exactly_the_answers_and_their_end_separator(name, answers):
+    """Everything generated after the assistant tag: the space before the answer too."""
     prompt, spans = two_turns(name).get_prompt_and_targets()
-    assert [prompt[a:b] for a, b in spans] == answers
+    assert [prompt[a:b] for a, b in spans][-2:] == answers  # v0's example exchange is rendered first
     assert prompt.endswith(answers[-1])
 
 
@@ -61,6 +63,17 @@ def test_templates_know_roles_separators_and_stop_strings():
     conv.append_message(conv.roles[0], "Hi")
     conv.append_message(conv.roles[1], None)
     assert conv.get_prompt().endswith("USER: Hi ASSISTANT:")
+
+
+def test_mmtag_templates_wrap_the_image_outside_its_start_end_tokens():
+    """Official preprocess_multimodal wraps "<image>" in <Image> tags, then adds <im_start>/<im_end>."""
+    from llava.train.preprocess import render
+
+    turns = [{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A cat."}]
+    prompt, _ = render(turns, "v1_mmtag", 1, True)
+    assert "USER: <Image><im_start><image><im_end></Image>\nWhat is it? ASSISTANT: A cat.</s>" in prompt
+    assert "USER: <im_start><image><im_end>\nWhat is it?" in render(turns, "v1", 1, True)[0]
+    assert get_conv_template("v0_mmtag").image_text() == "<Image><image></Image>"
 
 
 def test_unknown_template_names_the_choices():

@@ -178,6 +178,7 @@ class LengthChecker:
     def check(self, turns: list[dict]) -> tuple[int, bool]:
         """(rendered length, whether even the first answer starts beyond model_max_length)."""
         conv = self._template()
+        conv.messages = []  # a template's example exchange (v0) is not trained on
         for i, turn in enumerate(turns):
             conv.append_message(conv.roles[i % 2], turn["value"])
         prompt, spans = conv.get_prompt_and_targets()

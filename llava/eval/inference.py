@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import TextIteratorStreamer
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, strip_stop_str, tokenizer_image_token
 
@@ -93,14 +93,14 @@ class InferenceEngine:
     def new_conversation(self) -> Conversation:
         return get_conv_template(self.conv_mode)
 
-    def image_prefix(self) -> str:
-        if getattr(self.model.config, "mm_use_im_start_end", False):
-            return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n"
-        return DEFAULT_IMAGE_TOKEN + "\n"
+    def image_prefix(self, conv: Conversation | None = None) -> str:
+        """The image marker as the template writes it in training (start/end tokens, <Image> tags), then a newline."""
+        conv = conv or self.new_conversation()
+        return conv.image_text(getattr(self.model.config, "mm_use_im_start_end", False)) + "\n"
 
     def add_user_turn(self, conv: Conversation, text: str, has_image: bool) -> None:
         """Append a user message (with the image marker, as official LLaVA does) and an open assistant turn."""
-        conv.append_message(conv.roles[0], (self.image_prefix() + text) if has_image else text)
+        conv.append_message(conv.roles[0], (self.image_prefix(conv) + text) if has_image else text)
         conv.append_message(conv.roles[1], None)
 
     def process_image(self, image) -> torch.Tensor:

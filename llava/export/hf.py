@@ -87,7 +87,14 @@ def chat_template_for(conv: Conversation) -> str:
         "{% set turns = messages %}{% endif %}"
     )
     style = conv.sep_style
-    if style == SeparatorStyle.TWO:
+    if style == SeparatorStyle.SINGLE:  # v0; its example exchange (the first `offset` messages) is fixed text
+        examples = "".join(f"{role}: {text}{conv.sep}" for role, text in conv.messages[: conv.offset])
+        body = (
+            "{{ system + " + q(conv.sep + examples) + " }}{% for m in turns %}"
+            "{{ (" + q(user) + " if m.role == 'user' else " + q(assistant) + ") + ': ' + render(m.content) + "
+            + q(conv.sep) + " }}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant + ":") + " }}{% endif %}"
+        )
+    elif style == SeparatorStyle.TWO:
         body = (
             "{{ system + " + q(conv.sep) + " }}{% for m in turns %}{% if m.role == 'user' %}"
             "{{ " + q(user + ": ") + " + render(m.content) + " + q(conv.sep) + " }}"

@@ -1,9 +1,11 @@
 """One preprocess for every template: conversation record -> (input_ids, labels).
 
 The template renders the conversation and reports the character spans of what the
-assistant must learn (each answer plus its end separator). A token is trained iff its
-character span overlaps one of those spans, so the mask is right for any tokenizer
-(BPE or SentencePiece, pad == eos or not) without per-template arithmetic.
+assistant must learn (each answer, the space between the assistant tag and it, and its end
+separator). A token is trained iff its character span overlaps one of those spans, so the
+mask is right for any tokenizer (BPE or SentencePiece, BOS or not, pad == eos or not) without
+per-template token arithmetic. tests/test_official_parity.py checks it against official
+LLaVA's preprocess_* outputs.
 """
 
 from __future__ import annotations
@@ -12,13 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.constants import (
-    DEFAULT_IM_END_TOKEN,
-    DEFAULT_IM_START_TOKEN,
-    DEFAULT_IMAGE_TOKEN,
-    IGNORE_INDEX,
-    IMAGE_TOKEN_INDEX,
-)
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token, tokenizer_image_tokens
 
@@ -72,29 +68,30 @@ def check_conversation(record_id, conversations, num_images: int) -> None:
         raise InvalidRecord(record_id, f"the {DEFAULT_IMAGE_TOKEN} marker must be in the first human turn")
 
 
-def place_image_markers(conversations, num_images: int, mm_use_im_start_end: bool) -> list[dict]:
+def place_image_markers(conversations, num_images: int, image_text: str = DEFAULT_IMAGE_TOKEN) -> list[dict]:
     """Official LLaVA's convention: a single image goes first in the first human turn, then a newline.
 
-    A record with images but no marker gets them at the front, so converter output without
-    markers still shows the model its image.
+    The turn is stripped after that, as official does, so a turn that is only "<image>" stays
+    "<image>". A record with images but no marker gets them at the front, so converter output
+    without markers still shows the model its image. `image_text` is how the template writes an
+    image (`Conversation.image_text`: start/end tokens, <Image> tags).
     """
     turns = [dict(turn) for turn in conversations]
     markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
     if num_images and (num_images == 1 or markers == 0):
         text = turns[0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
-        turns[0]["value"] = (DEFAULT_IMAGE_TOKEN + "\n") * num_images + text
-    if mm_use_im_start_end:
+        turns[0]["value"] = ((DEFAULT_IMAGE_TOKEN + "\n") * num_images + text).strip()
+    if image_text != DEFAULT_IMAGE_TOKEN:
         for turn in turns:
-            turn["value"] = turn["value"].replace(
-                DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-            )
+            turn["value"] = turn["value"].replace(DEFAULT_IMAGE_TOKEN, image_text)
     return turns
 
 
 def render(conversations, template: str, num_images: int, mm_use_im_start_end: bool) -> tuple[str, list]:
     """The prompt the template renders (image markers placed) and the answer character spans."""
-    turns = place_image_markers(conversations, num_images, mm_use_im_start_end)
     conv = get_conv_template(template)
+    conv.messages = []  # a template's own example exchange (v0) is for inference only, as official trains
+    turns = place_image_markers(conversations, num_images, conv.image_text(mm_use_im_start_end))
     for i, turn in enumerate(turns):
         conv.append_message(conv.roles[i % 2], turn["value"])
     return conv.get_prompt_and_targets()
