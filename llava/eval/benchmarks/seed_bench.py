@@ -56,7 +56,8 @@ class SEEDBench(Benchmark):
         questions, type_names = load(args.annotation_file)
         return [
             {
-                "question_id": q["question_id"],
+                # Numeric ids as ints: official's scorer looks answers up by int(question_id).
+                "question_id": int(q["question_id"]) if str(q["question_id"]).isdigit() else q["question_id"],
                 "image": image_path(q),
                 "text": with_suffix(q["question"], format_options([q[f"choice_{c}"] for c in "abcd"]), OPTION_LETTER),
                 "category": type_names.get(q["question_type_id"], str(q["question_type_id"])),
