@@ -1,13 +1,17 @@
-"""eval_okvqa: official VQA accuracy on hand-made annotations whose expected scores were worked out by hand."""
+"""eval_okvqa: VQA accuracy on hand-made annotations (expected scores worked out by hand) and on edge cases
+scored by the reference evaluators themselves (tests/golden/vqa_normalization.json)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from llava.eval import eval_okvqa
-from llava.eval.vqa_normalize import normalize_answer, process_punctuation
+from llava.eval.vqa_normalize import NORMALIZATIONS, normalize_answer, process_punctuation, question_accuracy
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "vqa_normalization.json")
 
 
 def annotation(qid, answers, qtype, atype):
@@ -17,7 +21,8 @@ def annotation(qid, answers, qtype, atype):
     }
 
 
-# (question id, human answers, question type, answer type, model answer, expected accuracy in %)
+# (question id, human answers, question type, answer type, model answer, expected accuracy in %), as the
+# legacy evaluator (vqaEval.py before its 2021 fix) scores them.
 CASES = [
     # number word -> digit on the model side; human answers all identical.
     (1, ["2"] * 10, "how many", "number", "two", 100.0),
@@ -56,7 +61,7 @@ def test_per_question_overall_and_per_type_scores_match_hand_computed_values(fil
     out = files / "scores.json"
     scores = eval_okvqa.main([
         "--annotation-file", str(files / "ann.json"), "--question-file", str(files / "q.json"),
-        "--result-file", str(files / "answers.jsonl"), "--output-file", str(out),
+        "--result-file", str(files / "answers.jsonl"), "--output-file", str(out), "--normalization", "legacy",
     ])
     assert scores["per_question"] == {qid: expected for qid, *_, expected in CASES}
     assert scores["overall"] == 72.5  # (100 + 60 + 90 + 100 + 100 + 0 + 100 + 30) / 8
@@ -64,7 +69,57 @@ def test_per_question_overall_and_per_type_scores_match_hand_computed_values(fil
     assert scores["perAnswerType"] == {"number": 86.67, "other": 73.33, "yes/no": 50.0}
     written = json.loads(out.read_text())
     assert written["overall"] == 72.5 and written["per_question"]["2"] == 60.0
-    assert "Accuracy: 72.50" in capsys.readouterr().out
+    assert written["normalization"] == "legacy"
+    assert "Accuracy: 72.50  (8 questions, legacy answer normalization)" in capsys.readouterr().out
+
+
+def test_default_is_the_current_official_evaluator(files, capsys):
+    scores = eval_okvqa.main([
+        "--annotation-file", str(files / "ann.json"), "--question-file", str(files / "q.json"),
+        "--result-file", str(files / "answers.jsonl"),
+    ])
+    # Where the human answers are all identical, it compares raw strings: "two" vs ten "2" scores 0 (legacy:
+    # 100) and "Yes!" vs ten "Yes!" scores 100 (legacy: 0); where they differ, both sides are normalised,
+    # so "two" among the human answers becomes "2" too (question 2: 100, legacy 60).
+    assert scores["per_question"] == {1: 0.0, 2: 100.0, 3: 90.0, 4: 100.0, 5: 0.0, 6: 100.0, 7: 100.0, 8: 30.0}
+    assert scores["normalization"] == "official"
+    assert "official answer normalization" in capsys.readouterr().out
+
+
+def _golden_cases():
+    with open(GOLDEN) as f:
+        return json.load(f)["cases"]
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_every_edge_case_scores_as_the_reference_evaluator(normalization):
+    """42 cases (articles alone, parentheses, slashes, contractions, number words, digit,digit commas,
+    periods in numbers, identical answers, trailing punctuation, newlines/tabs), scored by running
+    GT-Vision-Lab's vqaEval.py (now and before its fix) and official LLaVA's m4c evaluator."""
+    mismatches = []
+    for case in _golden_cases():
+        humans = [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(case["human_answers"])]
+        ours = round(100 * question_accuracy(case["prediction"], humans, normalization), 2)
+        if ours != case[normalization]:
+            mismatches.append((case["name"], ours, case[normalization]))
+    assert not mismatches
+
+
+def test_the_three_evaluators_really_disagree_on_the_issue_examples():
+    by_name = {case["name"]: case for case in _golden_cases()}
+    for name, expected in [
+        ("number word, humans identical", (100.0, 0.0, 100.0)),  # "two" vs 10 x "two"
+        ("contraction, unspaced humans", (60.0, 0.0, 60.0)),  # "don't know" vs 2 x "dont know" + 8 x "no"
+        ("slash, humans split", (100.0, 0.0, 100.0)),  # "a/c" vs 5 x "a/c" + 5 x "ac"
+        ("all identical, capitalised humans", (0.0, 0.0, 100.0)),  # "yes" vs 10 x "Yes"
+    ]:
+        assert tuple(by_name[name][n] for n in NORMALIZATIONS) == expected
+
+
+def test_plain_string_answers_and_unknown_normalization():
+    assert question_accuracy("two", ["2"] * 10, "evalai") == 1.0
+    with pytest.raises(ValueError, match="unknown VQA normalization 'vqa2'; choose one of official, legacy, evalai"):
+        question_accuracy("two", ["2"] * 10, "vqa2")
 
 
 def test_official_results_json_is_accepted(files):
@@ -72,7 +127,7 @@ def test_official_results_json_is_accepted(files):
     (files / "results.json").write_text(json.dumps(results))
     scores = eval_okvqa.main([
         "--annotation-file", str(files / "ann.json"), "--question-file", str(files / "q.json"),
-        "--result-file", str(files / "results.json"),
+        "--result-file", str(files / "results.json"), "--normalization", "legacy",
     ])
     assert scores["overall"] == 72.5
 
@@ -112,13 +167,26 @@ def test_punctuation_next_to_a_space_is_deleted_otherwise_spaced():
 
 def test_demo_files_score_100_for_the_human_answer_and_0_for_a_wrong_one(demo_data, tmp_path):
     annotations = json.load(open(demo_data["eval_annotations"]))["annotations"]
-    for name, answer_of in (("right", lambda a: a["answers"][0]["answer"].capitalize() + "."), ("wrong", lambda a: "zebra")):
+    answers = {
+        "exact": lambda a: a["answers"][0]["answer"],
+        "restyled": lambda a: a["answers"][0]["answer"].capitalize() + ".",
+        "wrong": lambda a: "zebra",
+    }
+    # Demo questions have ten identical human answers: the current official evaluator then compares raw
+    # strings, so only the exact answer counts; legacy and EvalAI normalise "Red." to "red".
+    expected = {
+        "official": {"exact": 100.0, "restyled": 0.0, "wrong": 0.0},
+        "legacy": {"exact": 100.0, "restyled": 100.0, "wrong": 0.0},
+        "evalai": {"exact": 100.0, "restyled": 100.0, "wrong": 0.0},
+    }
+    for name, answer_of in answers.items():
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for a in annotations:
                 f.write(json.dumps({"question_id": a["question_id"], "text": answer_of(a)}) + "\n")
-        scores = eval_okvqa.main([
-            "--annotation-file", demo_data["eval_annotations"], "--question-file", demo_data["eval_questions"],
-            "--result-file", str(tmp_path / f"{name}.jsonl"),
-        ])
-        assert scores["overall"] == (100.0 if name == "right" else 0.0)
-        assert set(scores["perQuestionType"]) == {"color", "shape", "presence"}
+        for normalization in NORMALIZATIONS:
+            scores = eval_okvqa.main([
+                "--annotation-file", demo_data["eval_annotations"], "--question-file", demo_data["eval_questions"],
+                "--result-file", str(tmp_path / f"{name}.jsonl"), "--normalization", normalization,
+            ])
+            assert scores["overall"] == expected[normalization][name], (name, normalization)
+            assert set(scores["perQuestionType"]) == {"color", "shape", "presence"}

@@ -1,7 +1,13 @@
-"""VQA accuracy (OK-VQA, VQAv2 or the demo data), identical question by question to the official evaluator.
+"""VQA accuracy (OK-VQA, VQAv2 or the demo data), identical question by question to a reference evaluator.
 
     python -m llava.eval.eval_okvqa --annotation-file eval_annotations.json \
-        --question-file eval_questions.json --result-file answers.jsonl [--output-file scores.json]
+        --question-file eval_questions.json --result-file answers.jsonl [--output-file scores.json] \
+        [--normalization official|legacy|evalai]
+
+`--normalization` picks whose answer normalisation is used (see llava/eval/vqa_normalize.py):
+`official` (default) is GT-Vision-Lab/VQA's vqaEval.py as it is now; `legacy` is the copy from
+before its 2021 fix that LAVIS (BLIP-2, InstructBLIP), MiniGPT-4 and Qwen-VL carry; `evalai` is
+the EvalAI answer processor (TextVQA's evaluator, the VQAv2 server).
 
 `--result-file` is `model_vqa`'s answers JSONL (the `text` field is the answer) or the official
 results JSON (`[{"question_id": ..., "answer": ...}]`). Every annotated question must be answered.
@@ -13,7 +19,7 @@ import argparse
 import json
 from collections import defaultdict
 
-from llava.eval.vqa_normalize import question_accuracy
+from llava.eval.vqa_normalize import NORMALIZATIONS, question_accuracy
 
 
 def _key(question_id) -> str:
@@ -72,8 +78,11 @@ def load_results(path: str) -> dict[str, str]:
     return results
 
 
-def evaluate(annotations: list[dict], results: dict[str, str], question_ids: set[str] | None = None, ndigits: int = 2) -> dict:
-    """Scores in percent: overall, perQuestionType, perAnswerType and per_question."""
+def evaluate(
+    annotations: list[dict], results: dict[str, str], question_ids: set[str] | None = None, ndigits: int = 2,
+    normalization: str = "official",
+) -> dict:
+    """Scores in percent: overall, perQuestionType, perAnswerType and per_question, plus the normalization used."""
     annotated = {_key(a["question_id"]) for a in annotations}
     if question_ids is not None and question_ids != annotated:
         odd = sorted(question_ids ^ annotated)[:5]
@@ -90,7 +99,7 @@ def evaluate(annotations: list[dict], results: dict[str, str], question_ids: set
 
     per_question, by_qtype, by_atype = {}, defaultdict(list), defaultdict(list)
     for ann in annotations:
-        accuracy = question_accuracy(results[_key(ann["question_id"])], ann["answers"])
+        accuracy = question_accuracy(results[_key(ann["question_id"])], ann["answers"], normalization)
         per_question[ann["question_id"]] = round(100 * accuracy, ndigits)
         by_qtype[ann.get("question_type", "none")].append(accuracy)
         by_atype[ann.get("answer_type", "other")].append(accuracy)
@@ -100,6 +109,7 @@ def evaluate(annotations: list[dict], results: dict[str, str], question_ids: set
 
     everything = [a for values in by_qtype.values() for a in values]
     return {
+        "normalization": normalization,
         "overall": mean(everything),
         "perQuestionType": {k: mean(v) for k, v in by_qtype.items()},
         "perAnswerType": {k: mean(v) for k, v in by_atype.items()},
@@ -113,15 +123,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--question-file", required=True, help="official VQA questions JSON")
     parser.add_argument("--result-file", required=True, help="model_vqa answers JSONL or official results JSON")
     parser.add_argument("--output-file", default=None, help="write the scores (incl. per question) as JSON here")
+    parser.add_argument(
+        "--normalization", choices=NORMALIZATIONS, default="official",
+        help="answer normalisation: official (GT-Vision-Lab/VQA vqaEval.py now), legacy (its pre-2021 copy, as in "
+             "LAVIS/MiniGPT-4/Qwen-VL) or evalai (EvalAI answer processor, as TextVQA and the VQAv2 server)",
+    )
     args = parser.parse_args(argv)
 
     try:
         scores = evaluate(
-            load_annotations(args.annotation_file), load_results(args.result_file), load_question_ids(args.question_file)
+            load_annotations(args.annotation_file), load_results(args.result_file), load_question_ids(args.question_file),
+            normalization=args.normalization,
         )
     except (OSError, ValueError) as exc:  # bad input: a message, not a traceback
         raise SystemExit(f"eval_okvqa: {exc}") from None
-    print(f"Accuracy: {scores['overall']:.2f}  ({len(scores['per_question'])} questions)")
+    print(f"Accuracy: {scores['overall']:.2f}  ({len(scores['per_question'])} questions, "
+          f"{args.normalization} answer normalization)")
     print("Per question type:")
     for name, value in sorted(scores["perQuestionType"].items()):
         print(f"  {name}: {value:.2f}")

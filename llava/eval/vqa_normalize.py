@@ -1,12 +1,22 @@
-"""Answer normalisation of the official VQA evaluator (GT-Vision-Lab/VQA, `vqaEval.py`), reproduced exactly.
+"""VQA answer normalisation and accuracy, as three reference evaluators compute them.
 
-Its quirks are kept on purpose, because published numbers depend on them:
-- the model's answer is always normalised (punctuation, then number words / articles / contractions);
-- human answers get only the punctuation step, and only when they are not all identical;
-- a punctuation mark next to a space (or any text with a digit,digit comma) is deleted, otherwise
-  it becomes a space; the period rule's lookbehind is malformed upstream (it is a lookahead for
-  "<=digit"), so every period not followed by a digit goes, and at most 32 of them (upstream passes
-  `re.UNICODE` where `sub` expects a count).
+- "official": GT-Vision-Lab/VQA `vqaEval.py` as it is now (commit a013f00, "Fixed processing
+  answers bug", 2021). Newlines/tabs become spaces on both sides; only when the ten human
+  answers are not all identical are both sides normalised (punctuation, then number words,
+  articles and contractions); otherwise raw stripped strings are compared.
+- "legacy": the copy of `vqaEval.py` from before that fix, which many forks still carry
+  (salesforce/LAVIS and so BLIP-2/InstructBLIP, Vision-CAIR/MiniGPT-4, QwenLM/Qwen-VL's eval_mm):
+  the model's answer is always normalised, human answers only punctuation-stripped (and only
+  when they differ), never stripped of whitespace.
+- "evalai": the EvalAI answer processor (TextVQA's m4c evaluator in MMF and official LLaVA,
+  the VQAv2 server side): both sides always lower-cased, commas/question marks dropped, then
+  normalised; accuracy averages over leaving each human answer out by position.
+
+Upstream quirks kept on purpose, because published numbers depend on them: a punctuation mark
+next to a space (or any text with a digit,digit comma) is deleted, otherwise it becomes a space;
+the period rule's lookbehind is malformed upstream (it is a lookahead for "<=digit"), so every
+period not followed by a digit goes, and at most 32 of them (upstream passes `re.UNICODE` where
+`sub` expects a count).
 """
 
 from __future__ import annotations
@@ -47,12 +57,15 @@ ARTICLES = frozenset({"a", "an", "the"})
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+_EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
 _MAX_PERIODS_REMOVED = int(re.UNICODE)  # upstream's accidental `count` argument (32)
 
+NORMALIZATIONS = ("official", "legacy", "evalai")
 
-def process_punctuation(text: str) -> str:
+
+def process_punctuation(text: str, comma_rule: re.Pattern = _COMMA_STRIP) -> str:
     out = text
-    digit_comma = _COMMA_STRIP.search(text) is not None
+    digit_comma = comma_rule.search(text) is not None
     for mark in PUNCTUATION:
         # Decided on the ORIGINAL text, applied to the running result, as upstream.
         if mark + " " in text or " " + mark in text or digit_comma:
@@ -68,26 +81,61 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
 
-def normalize_answer(text: str) -> str:
-    """The model's answer as the evaluator compares it."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
-def question_accuracy(prediction: str, human_answers: list[dict]) -> float:
+def evalai_normalize(text: str) -> str:
+    """The EvalAI answer processor (MMF's `EvalAIAnswerProcessor`), applied to model and human answers alike."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return process_digit_article(process_punctuation(_one_line(text), _EVALAI_COMMA_STRIP))
+
+
+def normalize_answer(text: str, normalization: str = "official") -> str:
+    """An answer as `normalization`'s evaluator normalises it ("official" and "legacy" do so only
+    for questions whose human answers differ; see `question_accuracy`)."""
+    _check(normalization)
+    if normalization == "evalai":
+        return evalai_normalize(text)
+    return process_digit_article(process_punctuation(_one_line(text)))
+
+
+def _check(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown VQA normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+
+
+def question_accuracy(prediction: str, human_answers: list, normalization: str = "official") -> float:
     """VQA accuracy in [0, 1]: min(1, matches / 3) averaged over the leave-one-out subsets.
 
-    `human_answers` are the annotation's answer records (`answer`, `answer_id`, ...). As upstream,
-    "leaving one out" drops every record equal to it, so records must differ (by answer_id).
+    `human_answers`: the annotation's answer records (`answer`, `answer_id`, ...) or plain strings.
+    As the VQA evaluators do, "leaving one out" drops every record equal to it, so records must
+    differ (by answer_id); "evalai" leaves out by position, as TextVQA's evaluator does.
     """
-    predicted = normalize_answer(prediction)
-    answers = [dict(a) for a in human_answers]
-    if len({a["answer"] for a in answers}) > 1:
-        for a in answers:
-            a["answer"] = process_punctuation(a["answer"])
+    _check(normalization)
+    records = [dict(a) if isinstance(a, dict) else {"answer": a, "answer_id": i} for i, a in enumerate(human_answers)]
+    if normalization == "evalai":
+        answers = [evalai_normalize(r["answer"]) for r in records]
+        predicted = evalai_normalize(prediction)
+        scores = [min(1.0, sum(1 for j, a in enumerate(answers) if j != i and a == predicted) / 3)
+                  for i in range(len(answers))]
+        return sum(scores) / len(scores)
+
+    if normalization == "official":
+        for r in records:
+            r["answer"] = _one_line(r["answer"])
+        predicted = _one_line(prediction)
+        if len({r["answer"] for r in records}) > 1:
+            for r in records:
+                r["answer"] = normalize_answer(r["answer"])
+            predicted = normalize_answer(predicted)
+    else:  # legacy
+        predicted = normalize_answer(prediction)
+        if len({r["answer"] for r in records}) > 1:
+            for r in records:
+                r["answer"] = process_punctuation(r["answer"])
     scores = []
-    for left_out in answers:
-        others = [a for a in answers if a != left_out]
-        matches = sum(1 for a in others if a["answer"] == predicted)
+    for left_out in records:
+        matches = sum(1 for r in records if r != left_out and r["answer"] == predicted)
         scores.append(min(1.0, matches / 3))
     return sum(scores) / len(scores)
