@@ -231,7 +231,23 @@ def golden_textvqa(run):
     write_jsonl(result_file, answers)
     text = run.official(run.script("llava/eval/eval_textvqa.py"), "--annotation-file", fixture("textvqa", "TextVQA_0.5.1_val.json"),
                         "--result-file", result_file, pythonpath=f"{run.args.llava_shim}{os.pathsep}{run.args.llava}")
-    return {"accuracy": float(re.search(r"Accuracy: ([0-9.]+)%", text).group(1))}
+    # Per question too: official's evaluator on one prediction at a time.
+    per_question = run.official("-c", PER_QUESTION_TEXTVQA, fixture("textvqa", "TextVQA_0.5.1_val.json"),
+                                fixture("textvqa", "answers.jsonl"), cwd=run.work)
+    return {"accuracy": float(re.search(r"Accuracy: ([0-9.]+)%", text).group(1)), "per_question": json.loads(per_question)}
+
+
+PER_QUESTION_TEXTVQA = """
+import json, sys
+from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
+gt = {q["question_id"]: q["answers"] for q in json.load(open(sys.argv[1]))["data"]}
+evaluator = TextVQAAccuracyEvaluator()
+scores = {}
+for line in open(sys.argv[2]):
+    a = json.loads(line)
+    scores[str(a["question_id"])] = 100 * evaluator.eval_pred_list([{"pred_answer": a["text"], "gt_answers": gt[a["question_id"]]}])
+print(json.dumps(scores))
+"""
 
 
 def golden_llava_bench(run):

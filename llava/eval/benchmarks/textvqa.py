@@ -12,12 +12,7 @@ from __future__ import annotations
 
 from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, read_json, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
-
-
-def _evalai(text: str) -> str:
-    from llava.eval.vqa_normalize import evalai_normalize  # TEMP until main's vqa_normalize is merged
-
-    return evalai_normalize(text)
+from llava.eval.vqa_normalize import question_accuracy
 
 
 def load(path: str) -> list[dict]:
@@ -25,13 +20,6 @@ def load(path: str) -> list[dict]:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path} is not a TextVQA annotation file (an object with a 'data' list)")
     return data["data"]
-
-
-def accuracy(prediction: str, human_answers: list[str]) -> float:
-    predicted = _evalai(prediction)
-    humans = [_evalai(a) for a in human_answers]
-    scores = [min(1.0, sum(1 for j, a in enumerate(humans) if j != i and a == predicted) / 3) for i in range(len(humans))]
-    return sum(scores) / len(scores)
 
 
 @register
@@ -62,9 +50,9 @@ class TextVQA(Benchmark):
     def score(self, args, answers):
         questions = load(args.annotation_file)
         found = Answers(answers, [q["question_id"] for q in questions], args.allow_missing)
-        per_question = {str(q["question_id"]): accuracy(found.text(q["question_id"]), q["answers"]) for q in questions}
+        per_question = {str(q["question_id"]): 100.0 * question_accuracy(found.text(q["question_id"]), q["answers"], normalization="evalai") for q in questions}
         return {
-            "accuracy": 100.0 * sum(per_question.values()) / len(per_question),
+            "accuracy": sum(per_question.values()) / len(per_question),
             "questions": len(per_question),
             "missing": found.missing,
             "per_question": per_question,

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 from llava.eval.benchmarks.common import SHORT_ANSWER, UNANSWERABLE, Answers, read_json, with_suffix, write_json
 from llava.eval.benchmarks.registry import Benchmark, register
-
-
-def _evalai(text: str) -> str:
-    from llava.eval.vqa_normalize import evalai_normalize  # TEMP until main's vqa_normalize is merged
-
-    return evalai_normalize(text)
+from llava.eval.vqa_normalize import evalai_normalize
 
 
 def load(path: str) -> list[dict]:
@@ -49,6 +44,6 @@ class VizWiz(Benchmark):
     def score(self, args, answers):
         items = load(args.annotation_file)
         found = Answers(answers, range(len(items)), args.allow_missing)
-        results = [{"image": item["image"], "answer": _evalai(found.text(i))} for i, item in enumerate(items)]
+        results = [{"image": item["image"], "answer": evalai_normalize(found.text(i))} for i, item in enumerate(items)]
         write_json(args.upload_file, results)
         return {"upload_file": args.upload_file, "questions": len(results), "missing": found.missing}

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, read_json, with_suffix, write_json
 from llava.eval.benchmarks.registry import Benchmark, register
-
-
-def _evalai(text: str) -> str:
-    from llava.eval.vqa_normalize import evalai_normalize  # TEMP until main's vqa_normalize is merged
-
-    return evalai_normalize(text)
+from llava.eval.vqa_normalize import evalai_normalize
 
 
 def load_questions(path: str) -> tuple[list[dict], str]:
@@ -56,7 +51,7 @@ class VQAv2(Benchmark):
         found = Answers(answers, [q["question_id"] for q in asked], args.allow_missing)
         everything = load_questions(args.test_questions)[0] if args.test_questions else asked
         results = [
-            {"question_id": q["question_id"], "answer": _evalai(found.text(q["question_id"])) if q["question_id"] in found else ""}
+            {"question_id": q["question_id"], "answer": evalai_normalize(found.text(q["question_id"])) if q["question_id"] in found else ""}
             for q in everything
         ]
         write_json(args.upload_file, results)
