@@ -2,11 +2,11 @@
 
     pip install -e ".[lmms]"          # or see docs/evaluation.md for a light install
     python -m lmms_eval --model llava_checkpoint \
-        --model_args pretrained=checkpoints/llava-phi,batch_size=8 --tasks pope,mme --output_path logs/
+        --model_args pretrained=checkpoints/llava-phi --batch_size 8 --tasks pope,mme --output_path logs/
 
 `pretrained` is anything `llava.model.builder.load_pretrained_model` loads (full, LoRA with
-`model_base=...`, stage-1 projector); also `conv_mode`, `load_4bit`, `load_8bit`, `device`,
-`batch_size` and `max_new_tokens` (the default when a task sets none). Prompts are built as
+`model_base=...`, stage-1 projector); also `conv_mode`, `load_4bit`, `load_8bit` and
+`max_new_tokens` (the default when a task sets none); `--batch_size` and `--device` are lmms-eval's. Prompts are built as
 `model_vqa` builds them: the checkpoint's conversation template with `<image>\\n` before the task's
 text. One image per question, as LLaVA-1.5 (a task that gives several, or video, is refused with
 its name). The registration is the `lmms_eval.models` entry point in pyproject.toml; see
@@ -44,6 +44,7 @@ class LlavaCheckpoint(lmms):
         device: str | None = None,
         batch_size=1,
         max_new_tokens=128,
+        max_batch_size=None,  # lmms-eval passes it to every model; batches here are --batch_size exactly
         **kwargs,
     ) -> None:
         super().__init__()
@@ -52,6 +53,8 @@ class LlavaCheckpoint(lmms):
         self.engine = InferenceEngine.from_pretrained(
             pretrained, model_base, conv_mode, load_4bit=_flag(load_4bit), load_8bit=_flag(load_8bit), device=device
         )
+        if str(batch_size).startswith("auto"):
+            raise ValueError("llava_checkpoint: give --batch_size a number (automatic batch sizes are not supported)")
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
 
