@@ -270,6 +270,9 @@ def test_bad_official_files_are_named(tmp_path):
     (tmp_path / "coco" / "coco_pope_random.json").write_text('{"question_id": 1, "image": "x.jpg", "text": "Is there a cat?"}\n')
     with pytest.raises(SystemExit, match=r"coco_pope_random.json: record #0 lacks \['label'\]"):
         cli.main(["convert", "pope", "--annotation-dir", str(tmp_path / "coco"), "--out", str(tmp_path / "q.jsonl")])
+    (tmp_path / "gqa.json").write_text(json.dumps({"1": {"question": "Is it red?"}}))
+    with pytest.raises(SystemExit, match="a record lacks the field 'imageId'"):
+        cli.main(["convert", "gqa", "--questions", str(tmp_path / "gqa.json"), "--out", str(tmp_path / "q.jsonl")])
     with pytest.raises(SystemExit, match="is not SEED-Bench.json"):
         cli.main(["convert", "seed_bench", "--annotation-file", fx("gqa", "testdev_balanced_questions.json"), "--out", str(tmp_path / "q.jsonl")])
 

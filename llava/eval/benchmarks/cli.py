@@ -50,10 +50,9 @@ def _fmt(value) -> str:
 def main(argv=None) -> dict | list:
     args = build_parser().parse_args(argv)
     if args.command == "list":
-        rows = [(b.name, b.title, b.output, b.folder) for _, b in sorted(BENCHMARKS.items())]
-        for row in rows:
-            print("{:<14} {:<28} {:<18} playground/data/eval/{}".format(*row))
-        return [row[0] for row in rows]
+        for name, b in sorted(BENCHMARKS.items()):
+            print(f"{name:<12} {b.title:<26} {b.output:<17} playground/data/eval/{b.folder}\n{'':<12} answers: {b.normalization}")
+        return sorted(BENCHMARKS)
     benchmark = BENCHMARKS[args.benchmark]
     try:
         if args.command == "convert":
@@ -63,7 +62,12 @@ def main(argv=None) -> dict | list:
             print(f"{benchmark.name}: wrote {len(questions)} question(s) ({with_image} with an image) to {args.out}")
             return questions
         scores = benchmark.score(args, load_answers(args.result_file))
-    except (OSError, ValueError, KeyError) as exc:  # bad input: a message naming it, not a traceback
+    except KeyError as exc:  # an official file without a field its format has
+        raise SystemExit(
+            f"llava.eval.benchmarks {args.command} {benchmark.name}: a record lacks the field {exc}; "
+            "is this the benchmark's official file?"
+        ) from None
+    except (OSError, ValueError) as exc:  # bad input: a message naming it, not a traceback
         raise SystemExit(f"llava.eval.benchmarks {args.command} {benchmark.name}: {exc}") from None
     _print_scores(benchmark.name, scores)
     if args.output_file:
