@@ -1,0 +1,4 @@
+from llava.eval.benchmarks.cli import main
+
+if __name__ == "__main__":
+    main()
