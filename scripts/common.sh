@@ -80,6 +80,11 @@ else
     SAVE_STEPS="${SAVE_STEPS:-6}"
     # fp16 does not exist on the CPU and bf16 is slow without AMX: train in fp32 there.
     DEVICE_ARGS=(--use_cpu True --dataloader_num_workers 0)
+    # Said up front, so DeepSpeed does not warn in every process that it found no GPU; and the threads
+    # per process accelerate sets otherwise (one per physical core; under the deepspeed launcher it
+    # sees one local process), so it need not warn either.
+    export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(python -c "import psutil; print(psutil.cpu_count(logical=False) or 1)")}"
 fi
 MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
 

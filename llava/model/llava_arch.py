@@ -30,6 +30,10 @@ from llava.model.multimodal_projector import build_vision_projector
 
 logger = logging.getLogger(__name__)
 
+# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache`
+# (the old name still works, with a FutureWarning on every call); pass it under this version's name.
+_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 def _strip_prefix_to(state_dict: dict, marker: str) -> dict:
     """Keys after `marker`: "model.mm_projector.0.weight" -> "0.weight" for marker "mm_projector."."""
@@ -379,6 +383,9 @@ class LlavaMetaForCausalLM:
         # `logits_to_keep` is named (not left in **kwargs) because generate() looks for it in this
         # signature: with it, the prompt's forward computes vocabulary logits for the last position
         # only instead of every prompt position, the bulk of a small model's prefill.
+        if kwargs.get(_CACHE) is not None:  # generate() passes the cache under the new name
+            past_key_values = kwargs.pop(_CACHE)
+        kwargs.pop(_CACHE, None)
         if inputs_embeds is None:
             if self._is_packed(input_ids, position_ids, attention_mask):
                 # Backbones skip the per-sample mask when handed a cache, even an empty one.
@@ -398,7 +405,7 @@ class LlavaMetaForCausalLM:
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **{_CACHE: past_key_values},
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -418,7 +425,7 @@ class LlavaMetaForCausalLM:
         outputs = self.get_model()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **{_CACHE: past_key_values},
             use_cache=use_cache,
             **kwargs,
         )
@@ -432,10 +439,7 @@ class LlavaMetaForCausalLM:
             loss = loss / picked.sum().clamp(min=1)
         else:
             loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            past_key_values=getattr(outputs, "past_key_values", None),
-        )
+        return CausalLMOutputWithPast(loss=loss, **{_CACHE: getattr(outputs, _CACHE, None)})
 
     def _accepts_position_ids(self) -> bool:
         # MPT uses ALiBi and its forward takes no position_ids.
