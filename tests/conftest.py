@@ -42,6 +42,16 @@ def tiny_llm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> str:
+    """A tiny random-init Whisper (max_target_positions 64) for spoken questions, written by the CLI users run."""
+    from llava.model import tiny
+
+    out = str(tmp_path_factory.mktemp("tiny-whisper"))
+    tiny.main(["--whisper", "--out", out])
+    return out
+
+
+@pytest.fixture(scope="session")
 def gpt2_tokenizer_dir(tiny_llm) -> str:
     """A directory holding a GPT-2-family tokenizer (the tiny Phi checkpoint's)."""
     return tiny_llm("phi")
