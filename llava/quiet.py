@@ -14,8 +14,8 @@ import warnings
 
 # (category, message regex matched at the start, why it is harmless)
 IGNORED_WARNINGS = (
-    (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
-     "DeepSpeed's ZeRO calls it on every step; nothing for a user to change"),
+    (FutureWarning, r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+     "DeepSpeed's ZeRO-2/3 call them on every step (torch 2.13 renamed them); nothing for a user to change"),
     (FutureWarning, r"`gradient_checkpointing` is deprecated and will be removed in v6",
      "--gradient_checkpointing is official LLaVA's flag; transformers < 6 (our pin) accepts it"),
     (FutureWarning, r"`(gradient_checkpointing_enable|is_gradient_checkpointing)` is deprecated and will be removed in v6",
