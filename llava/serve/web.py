@@ -59,18 +59,19 @@ def use_image(engine: InferenceEngine, limits: UploadLimits, image_path: str | N
     session["image"] = image_path
     name = os.path.basename(image_path)
     try:
-        if os.path.getsize(image_path) > limits.max_bytes:
-            raise ValueError(f"{name} is larger than {_size(limits.max_bytes)}; upload a smaller one.")
-        image = load_image(image_path, max_pixels=limits.max_pixels)
-        session["pixels"] = engine.process_image(image)
+        too_big = os.path.getsize(image_path) > limits.max_bytes
+        if too_big:
+            session["refused"] = f"{name} is larger than {_size(limits.max_bytes)}; upload a smaller one."
+        else:
+            image = load_image(image_path, max_pixels=limits.max_pixels)
+            session["pixels"] = engine.process_image(image)
     except ImageTooLarge:
         session["refused"] = (
             f"{name} has more than {limits.max_pixels:,} pixels (--max-image-pixels); it was not decoded. "
             "Upload a smaller picture."
         )
-    except ValueError as exc:
-        session["refused"] = str(exc) if str(exc).startswith(name) else (
-            f"{name} is not an image we can read. Upload a JPEG, PNG or WebP picture.")
+    except ValueError:  # not a picture Pillow can decode
+        session["refused"] = f"{name} is not an image we can read. Upload a JPEG, PNG or WebP picture."
     except OSError:
         session["refused"] = f"{name} could not be read. Upload it again."
     if session["refused"]:
