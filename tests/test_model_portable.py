@@ -14,6 +14,8 @@ from llava.model.builder import load_pretrained_model
 from llava.model.portable import TOWER_COPY, find_recorded
 from llava.train.train import train
 
+pytestmark = pytest.mark.slow  # end to end: a training run, then loads from elsewhere (≈25 s)
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_llm, tiny_clip, demo_data):
