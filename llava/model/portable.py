@@ -17,12 +17,9 @@ paths recorded as training saw them, usually relative to the folder it ran in:
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 from llava.model.paths import in_hub_cache, resolve_pretrained
-
-logger = logging.getLogger(__name__)
 
 TOWER_COPY = "vision_tower"
 
