@@ -53,6 +53,7 @@ def test_pretrain_then_lora_zero3_picks_up_the_projector(launch, tiny_llm):
     assert "ZeRO-3" in log and f"loaded the stage-1 projector from {projector}" in log
     for path in (out / "checkpoint-1", out):
         assert checkpoint_kind(str(path)) == "lora"
+        assert (path / "vision_tower" / "model.safetensors").exists()  # written by rank 0 alone under ZeRO-3
         load_pretrained_model(str(path), tiny_llm("phi"), device="cpu")
     # Under ZeRO-3 the saved projector is the gathered, full-size one.
     stage1 = torch.load(projector, weights_only=True)

@@ -125,6 +125,10 @@ def save_tower_copy(model, output_dir: str) -> str | None:
         return None
     from transformers import CLIPVisionModel
 
+    from llava.train.recipes import _outside_zero3  # only training saves checkpoints
+
     out = os.path.join(output_dir, TOWER_COPY)
-    CLIPVisionModel.from_pretrained(tower.vision_tower_name, dtype=tower.dtype).save_pretrained(out)
+    # Under ZeRO-3 a DeepSpeed-aware from_pretrained would wait for the other ranks, which do not save.
+    with _outside_zero3():
+        CLIPVisionModel.from_pretrained(tower.vision_tower_name, dtype=tower.dtype).save_pretrained(out)
     return out
