@@ -76,10 +76,16 @@ if [[ "$ON_GPU" == 1 ]]; then
 else
     NUM_GPUS="${NUM_GPUS:-2}"
     BATCH_SIZE="${BATCH_SIZE:-4}"
+    [[ -z "${MAX_STEPS:-}" ]] && PLUMBING_RUN=1  # said again when the run ends
     MAX_STEPS="${MAX_STEPS:-12}"
     SAVE_STEPS="${SAVE_STEPS:-6}"
     # fp16 does not exist on the CPU and bf16 is slow without AMX: train in fp32 there.
     DEVICE_ARGS=(--use_cpu True --dataloader_num_workers 0)
+    # Said up front, so DeepSpeed does not warn in every process that it found no GPU; and the threads
+    # per process accelerate sets otherwise (one per physical core; under the deepspeed launcher it
+    # sees one local process), so it need not warn either.
+    export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(python -c "import psutil; print(psutil.cpu_count(logical=False) or 1)")}"
 fi
 MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
 
@@ -154,4 +160,9 @@ llava_train() {
         "$@" \
         $EXTRA_ARGS
     echo "== done in $((SECONDS - start)) s: checkpoint in $output_dir"
+    if [[ "${PLUMBING_RUN:-0}" == 1 ]]; then
+        echo "== note: that was $MAX_STEPS steps (the CPU default), a check that training runs end to end, not a model:"
+        echo "   with tiny random-init models its answers mean nothing (the main job's checkpoint answers \"yes\" to"
+        echo "   everything). For one that learns, run: bash scripts/demo.sh (about 12 minutes on 2 CPU cores)."
+    fi
 }

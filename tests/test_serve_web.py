@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from helpers import cached_checkpoint, make_tiny_whisper, solid_image, tone_wav
+from helpers import cached_checkpoint, grey_png, solid_image, tone_wav
 from llava.eval.inference import GenerationSettings, InferenceEngine
 
 gr = pytest.importorskip("gradio")
@@ -26,10 +26,24 @@ def engine(tmp_path_factory, tiny_llm, tiny_clip):
 
 
 @pytest.fixture(scope="module")
-def transcriber(tmp_path_factory):
+def transcriber(tiny_whisper):
     from llava.serve.speech import WhisperTranscriber
 
-    return WhisperTranscriber(make_tiny_whisper(str(tmp_path_factory.mktemp("whisper"))), max_new_tokens=6)
+    return WhisperTranscriber(tiny_whisper, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def bad_uploads(tmp_path_factory):
+    """Files a browser can send as "images": not a picture, a bomb, too many pixels, not even named like one."""
+    folder = tmp_path_factory.mktemp("uploads")
+    (folder / "x.png").write_text("this is text, not a picture")
+    (folder / "notes.txt").write_text("a text file")
+    return {
+        "x.png": (str(folder / "x.png"), "x.png is not an image we can read"),
+        "bomb.png": (grey_png(str(folder / "bomb.png"), 50_000, 50_000, complete=False), "bomb.png has more than"),
+        "huge.png": (grey_png(str(folder / "huge.png"), 12_000, 12_000), "huge.png has more than 64,000,000 pixels"),
+        "notes.txt": (str(folder / "notes.txt"), "notes.txt is not an image we can read"),
+    }
 
 
 def expected_answer(engine, image, question):
@@ -92,7 +106,42 @@ def test_bad_uploads_are_refused_with_a_message(engine, tmp_path):
     history, _, _, _, status = turn(engine, None, solid_image(str(tmp_path / "ok.png")), "  ")
     assert history == [] and "Type a question" in status
     history, session, _, _, status = turn(engine, None, solid_image(str(tmp_path / "ok.png")), "why " * 600)
-    assert history == [] and "context of 512 tokens" in status and session["conv"].messages == []
+    assert history == [] and "context of 512 tokens" in status and session["conv"] is None
+    # Nothing was asked: the picture still goes with the next question.
+    history, session, *_ = turn(engine, None, str(tmp_path / "ok.png"), "What colour?", session=session)
+    assert session["conv"].messages[0][1].startswith("<image>\n") and len(history) == 2
+
+
+def test_a_refused_upload_starts_over_and_refuses_questions_until_a_picture_is_given(engine, bad_uploads, tmp_path):
+    red = solid_image(str(tmp_path / "red.png"))
+    history, session, *_ = turn(engine, None, red, "What colour?")
+    assert len(history) == 2
+    for name, (path, message) in bad_uploads.items():
+        # The upload's own event, as the page runs it.
+        refused, status = web.use_image(engine, web.UploadLimits(), path)
+        assert message in status and refused["pixels"] is None and refused["conv"] is None, name
+        # The next question is refused with the reason, never answered from the old conversation or without a picture.
+        history, session, box, _, status = turn(engine, None, path, "And the shape?", history=history, session=session)
+        assert history == [] and session["conv"] is None and message in status and box == "And the shape?", name
+        _, again, _, _, status = turn(engine, None, path, "And now?", session=session)
+        assert message in status and again["conv"] is None
+    # Removing the file: a new conversation without a picture.
+    history, session, _, _, status = turn(engine, None, None, "Hello?", session=session)
+    assert len(history) == 2 and session["pixels"] is None and not session["conv"].messages[0][1].startswith("<image>")
+
+
+def test_oversized_pictures_are_refused_from_the_header_without_decoding(engine, bad_uploads, monkeypatch):
+    from PIL import ImageFile
+
+    def no_decoding(self):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    path, _ = bad_uploads["huge.png"]  # 144 M pixels: Pillow alone would decode it (with a warning)
+    _, status = web.use_image(engine, web.UploadLimits(), path)
+    assert "more than 64,000,000 pixels (--max-image-pixels); it was not decoded" in status
+    _, status = web.use_image(engine, web.UploadLimits(max_pixels=1000), grey_png(path + ".small.png", 40, 30))
+    assert "has more than 1,000 pixels" in status
 
 
 def _free_port() -> int:
@@ -102,7 +151,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_page_in_headless_chromium_answers_typed_and_spoken_questions(engine, transcriber, tmp_path):
+def test_page_in_headless_chromium_answers_and_refuses_uploads(engine, transcriber, bad_uploads, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
@@ -121,22 +170,48 @@ def test_page_in_headless_chromium_answers_typed_and_spoken_questions(engine, tr
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#send")
-            chat_has = "([id, text]) => document.querySelector(id).innerText.includes(text)"
+            has = "([id, text]) => document.querySelector(id).innerText.includes(text)"
+            lacks = "([id, text]) => !document.querySelector(id).innerText.includes(text)"
 
-            page.locator("#image input[type=file]").set_input_files(image)
+            def upload(path, expected_status):
+                if page.locator("#image input[type=file]").count() == 0:
+                    page.locator("#image button[aria-label=Clear]").click()
+                page.locator("#image input[type=file]").set_input_files(path)
+                page.wait_for_function(has, arg=["#status", expected_status], timeout=30_000)
+
+            upload(image, "red.png (40 x 32)")
             page.locator("#question textarea").fill("What colour?")
             page.locator("#send").click()
-            page.wait_for_function(chat_has, arg=["#chatbot", typed_answer], timeout=60_000)
+            page.wait_for_function(has, arg=["#chatbot", typed_answer], timeout=60_000)
 
+            for name, (path, message) in bad_uploads.items():
+                upload(path, message)
+                page.wait_for_function(lacks, arg=["#chatbot", "What colour?"], timeout=30_000)  # a new conversation
+                page.locator("#question textarea").fill("And the shape?")
+                page.locator("#send").click()
+                page.wait_for_function(has, arg=["#status", "⚠️"], timeout=30_000)
+                assert message in page.locator("#status").inner_text(), name
+                assert "And the shape?" not in page.locator("#chatbot").inner_text(), name
+                assert page.locator(".error").count() == 0, f"{name}: gradio shows an error badge"
+
+            upload(image, "red.png (40 x 32)")
+            page.locator("#question textarea").fill("")
             page.locator("#audio input[type=file]").set_input_files(audio)
             page.wait_for_timeout(500)  # let the upload land before sending
             page.locator("#send").click()
-            page.wait_for_function(chat_has, arg=["#status", heard], timeout=60_000)
+            page.wait_for_function(has, arg=["#status", heard], timeout=60_000)
             assert heard in page.locator("#chatbot").inner_text()
 
             page.locator("#reset").click()
-            page.wait_for_function("() => !document.querySelector('#chatbot').innerText.includes('What colour?')",
-                                   timeout=30_000)
+            page.wait_for_function(lacks, arg=["#chatbot", heard], timeout=30_000)
             browser.close()
     finally:
         demo.close()
+
+
+def test_whisper_budget_is_clamped_to_its_decoder(tiny_whisper, tmp_path):
+    from llava.serve.speech import WhisperTranscriber
+
+    transcriber = WhisperTranscriber(tiny_whisper)  # asks for 128 new tokens by default
+    assert transcriber.model.config.max_target_positions == 64 and transcriber.max_new_tokens == 60
+    assert transcriber(tone_wav(str(tmp_path / "q.wav")))  # would raise past the decoder's 64 positions

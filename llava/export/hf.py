@@ -8,6 +8,13 @@ projector as `multi_modal_projector.linear_1/linear_2`, the LLM as `language_mod
 with an `<image>` token, an image processor that pads to square when the checkpoint did, and a
 chat template that renders this checkpoint's conversation template. Settings HF Llava cannot
 express are refused with the field that causes it, never exported approximately.
+
+Phi's `lm_head` has a bias. It is written as `lm_head.bias`: vLLM's Llava builds the text model
+named by `text_config.architectures` (its PhiForCausalLM has a biased head, and refuses to load
+without the bias), so there the export is exact. transformers' own LlavaForConditionalGeneration
+builds `lm_head` without a bias (modeling_llava.py, whatever `text_config` says), reports
+`lm_head.bias` as UNEXPECTED and ignores it: its logits are ours minus the bias (the same vector at
+every position), which is exact only while the bias is zero (an untrained head).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ SUPPORTED_PROJECTORS = ("linear", "mlp2x_gelu")
 # LLaVA-only config fields that must not leak into the exported text config.
 _LLAVA_FIELDS = ("image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj")
 _SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}  # HF "default" drops CLS
+# Not carried into the exported configs: the LLaVA class, and where the checkpoint was loaded from.
+_NOT_EXPORTED = ("model_type", "architectures", "auto_map", "_name_or_path", "name_or_path")
 
 
 class ExportError(ValueError):
@@ -36,7 +45,7 @@ class ExportError(ValueError):
 
 
 # -- checks ------------------------------------------------------------------------------------
-def check_exportable(config, model=None, drop_lm_head_bias: bool = False) -> None:
+def check_exportable(config) -> None:
     """Raise ExportError naming the first setting HF Llava cannot represent exactly."""
     if not getattr(config, "mm_vision_tower", None):
         raise ExportError("config has no mm_vision_tower: this is a plain LLM, not a LLaVA checkpoint")
@@ -57,14 +66,6 @@ def check_exportable(config, model=None, drop_lm_head_bias: bool = False) -> Non
     aspect = getattr(config, "image_aspect_ratio", None) or "square"
     if aspect not in ("square", "pad"):
         raise ExportError(f"image_aspect_ratio={aspect!r}: only 'square' and 'pad' have an HF image processor")
-    if model is not None:
-        bias = getattr(model.get_output_embeddings(), "bias", None)
-        if bias is not None and bool(bias.detach().abs().max() > 0) and not drop_lm_head_bias:
-            raise ExportError(
-                f"lm_head.bias is non-zero (max |b| = {float(bias.detach().abs().max()):.3g}) but HF "
-                "LlavaForConditionalGeneration's lm_head has no bias, so the exported model would answer "
-                "differently. Pass --drop-lm-head-bias to export anyway."
-            )
 
 
 # -- chat template -------------------------------------------------------------------------------
@@ -129,14 +130,21 @@ def chat_template_for(conv: Conversation) -> str:
 # -- weights -------------------------------------------------------------------------------------
 def text_config_for(config, backbone) -> "AutoConfig":
     """The plain HF LLM config (e.g. `phi`) inside a LLaVA config (`llava_phi`)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     values = {
         k: v
         for k, v in config.to_dict().items()
-        if not k.startswith("mm_") and k not in _LLAVA_FIELDS and k not in ("model_type", "architectures", "auto_map")
+        if not k.startswith("mm_") and k not in _LLAVA_FIELDS and k not in _NOT_EXPORTED
     }
-    # HF Llava's own lm_head carries the output weights; tying would break OPT (STACK.md) and is never needed.
+    model_type = backbone.base_model_types[0]
+    # HF Llava's own lm_head carries the output weights; tying would break OPT (STACK.md) and is never needed
+    # (vLLM's Phi refuses tied configs).
     values["tie_word_embeddings"] = False
-    return AutoConfig.for_model(backbone.base_model_types[0], **values)
+    values["use_cache"] = True  # training turns the KV cache off for gradient checkpointing; serving wants it
+    # vLLM builds the text model from this (e.g. PhiForCausalLM, whose lm_head has the bias).
+    values["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    return AutoConfig.for_model(model_type, **values)
 
 
 def convert_state_dict(model, projector_type: str) -> dict[str, torch.Tensor]:
@@ -145,9 +153,9 @@ def convert_state_dict(model, projector_type: str) -> dict[str, torch.Tensor]:
     out = {}
     for name, tensor in model.state_dict().items():
         if not name.startswith(inner_prefix):
-            if name == "lm_head.weight":
+            if name in ("lm_head.weight", "lm_head.bias"):
                 out[name] = tensor
-            continue  # lm_head.bias is checked (zero or dropped on request) by check_exportable
+            continue
         rest = name[len(inner_prefix) :]
         if rest.startswith("vision_tower.vision_tower."):
             out["model.vision_tower." + rest[len("vision_tower.vision_tower.") :]] = tensor
@@ -174,12 +182,12 @@ def convert_state_dict(model, projector_type: str) -> dict[str, torch.Tensor]:
 
 def image_processor_for(image_processor, aspect_ratio: str):
     """LLaVA's 'pad' (expand to square with the mean colour, then resize) is LlavaImageProcessor(do_pad=True)."""
-    from transformers import LlavaImageProcessor  # falls back to its PIL backend without torchvision
+    from llava.model.multimodal_encoder.clip_encoder import image_processor_class
 
     settings = image_processor.to_dict()
     keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
             "do_normalize", "image_mean", "image_std", "do_convert_rgb")
-    return LlavaImageProcessor(**{k: settings[k] for k in keep if k in settings}, do_pad=aspect_ratio == "pad")
+    return image_processor_class("LlavaImageProcessor")(**{k: settings[k] for k in keep if k in settings}, do_pad=aspect_ratio == "pad")
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -189,7 +197,6 @@ def export(
     model_base: str | None = None,
     conv_mode: str | None = None,
     dtype: str = "float32",
-    drop_lm_head_bias: bool = False,
 ) -> str:
     from llava.model.builder import load_pretrained_model
     from llava.model.registry import backbone_for_config
@@ -198,7 +205,7 @@ def export(
     check_exportable(config)  # before the (possibly slow) weight loading
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, device="cpu", dtype=torch.float32)
     config = model.config
-    check_exportable(config, model, drop_lm_head_bias)
+    check_exportable(config)
     backbone = backbone_for_config(config)
     conv = get_conv_template(conv_mode or backbone.conv_template)
 
@@ -210,10 +217,11 @@ def export(
         model.resize_token_embeddings(len(tokenizer))
 
     tower = model.get_vision_tower()
+    vision_config = {k: v for k, v in tower.config.to_dict().items() if k not in ("_name_or_path", "name_or_path")}
     text_config = text_config_for(model.config, backbone)
     llava_config = LlavaConfig(
         text_config=text_config,
-        vision_config=CLIPVisionConfig(**tower.config.to_dict()),
+        vision_config=CLIPVisionConfig(**vision_config),
         image_token_index=image_token_id,
         image_seq_length=tower.num_patches,
         projector_hidden_act="gelu" if config.mm_projector_type == "mlp2x_gelu" else "linear",
@@ -223,7 +231,11 @@ def export(
         tie_word_embeddings=False,
     )
     hf_model = LlavaForConditionalGeneration(llava_config)
-    result = hf_model.load_state_dict(convert_state_dict(model, config.mm_projector_type), strict=False)
+    weights = convert_state_dict(model, config.mm_projector_type)
+    if "lm_head.bias" in weights:  # saved with the weights for vLLM (see the module doc)
+        hf_model.lm_head.bias = torch.nn.Parameter(torch.empty_like(weights["lm_head.bias"]))
+        _explain_head_bias(weights["lm_head.bias"])
+    result = hf_model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ExportError(
             f"weight names do not line up with HF Llava for backbone {backbone.name!r}: "
@@ -231,7 +243,9 @@ def export(
         )
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(hf_model.generation_config, name, getattr(tokenizer, name))
+    hf_model.generation_config.use_cache = True
     hf_model.to(getattr(torch, dtype)).save_pretrained(out_dir)
+    _name_vision_weights_as_the_hub_does(out_dir)
 
     processor = LlavaProcessor(
         image_processor=image_processor_for(image_processor, getattr(config, "image_aspect_ratio", None) or "square"),
@@ -243,7 +257,52 @@ def export(
         image_token=DEFAULT_IMAGE_TOKEN,
     )
     processor.save_pretrained(out_dir)
+    # Also the image processor on its own, where transformers 4.x (and servers built on it) look for it.
+    processor.image_processor.save_pretrained(out_dir)
     return out_dir
+
+
+def _name_vision_weights_as_the_hub_does(out_dir: str) -> None:
+    """`vision_tower.X` -> `vision_tower.vision_model.X` in the saved weight files.
+
+    transformers 5 writes the CLIP tower flattened (its CLIPVisionModel has no `vision_model`
+    level any more); llava-hf checkpoints, transformers 4 and vLLM's CLIPVisionModel name the
+    weights `vision_tower.vision_model.*`. transformers 5 loads both.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    index_path = os.path.join(out_dir, "model.safetensors.index.json")
+    index = json.load(open(index_path)) if os.path.exists(index_path) else None
+    files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
+
+    def rename(key: str) -> str:
+        if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
+            return "vision_tower.vision_model." + key[len("vision_tower."):]
+        return key
+
+    for name in files:
+        path = os.path.join(out_dir, name)
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {"format": "pt"}
+            tensors = {rename(k): f.get_tensor(k) for k in f.keys()}
+        save_file(tensors, path, metadata=metadata)
+    if index:
+        index["weight_map"] = {rename(k): v for k, v in index["weight_map"].items()}
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+
+
+def _explain_head_bias(bias: torch.Tensor) -> None:
+    largest = float(bias.detach().abs().max())
+    if largest == 0:
+        return
+    logger.warning(
+        "lm_head.bias is non-zero (max |b| = %.3g, mean |b| = %.3g): written for vLLM, whose Phi applies it "
+        "(exact there); transformers' LlavaForConditionalGeneration has no head bias and ignores it, so its "
+        "logits are this model's minus the bias (see docs/evaluation.md, export)",
+        largest, float(bias.detach().abs().mean()),
+    )
 
 
 def main(argv=None) -> None:
@@ -253,13 +312,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--conv-mode", default=None, help="template the chat_template renders (default: the backbone's)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument(
-        "--drop-lm-head-bias", action="store_true", help="export a Phi lm_head bias HF Llava cannot hold (changes outputs)"
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        export(args.model_path, args.out, args.model_base, args.conv_mode, args.dtype, args.drop_lm_head_bias)
+        export(args.model_path, args.out, args.model_base, args.conv_mode, args.dtype)
     except ExportError as exc:
         raise SystemExit(f"cannot export {args.model_path}: {exc}") from None
     print(f"wrote LlavaForConditionalGeneration + LlavaProcessor to {args.out}")

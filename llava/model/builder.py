@@ -4,18 +4,21 @@ What a directory holds decides how it loads, never its name:
 - `adapter_config.json`         -> LoRA/QLoRA adapter (+ `non_lora_trainables.bin`) over `model_base`
 - `mm_projector.bin`, no weights -> stage-1 projector over `model_base`
 - model weights                  -> full checkpoint
+Every path goes through `resolve_pretrained` (a missing folder is named as such, never a hub error);
+paths a checkpoint recorded (its LoRA base, its vision tower) are found as `llava.model.portable` says.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig
 
+from llava.model import portable
 from llava.model.llava_arch import load_projector_weights
+from llava.model.paths import resolve_pretrained
 from llava.model.quantization import bnb_config
 from llava.model.registry import backbone_for_config
 
@@ -101,23 +104,32 @@ def load_pretrained_model(
     if attn_implementation:
         load_kwargs["attn_implementation"] = attn_implementation
 
+    model_path = resolve_pretrained(model_path, "--model-path")
     kind = checkpoint_kind(model_path)
     if kind == "full":
-        model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
+        checkpoint = model_path if os.path.isdir(model_path) else None
+        config = AutoConfig.from_pretrained(model_path)
+        _describe_tower(config, checkpoint)
+        model = AutoModelForCausalLM.from_pretrained(model_path, config=config, **load_kwargs)
         tokenizer_source = model_path
     else:
-        model_base = model_base or _base_from_adapter(model_path)
-        if not model_base:
+        if kind == "lora":
+            model_base = portable.lora_base(model_path, model_base)
+        elif model_base:
+            model_base = resolve_pretrained(model_base, "--model-base")
+        else:
             raise ValueError(
-                f"{model_path} is a {'LoRA adapter' if kind == 'lora' else 'stage-1 projector'} checkpoint; "
+                f"{model_path} is a stage-1 projector checkpoint (mm_projector.bin); "
                 "pass --model-base with the LLM it was trained on"
             )
         config = AutoConfig.from_pretrained(model_path)
+        _describe_tower(config, model_path)
         backbone = backbone_for_config(config)
         logger.info("loading %s base %s for %s checkpoint %s", backbone.name, model_base, kind, model_path)
         # Load the base at its own vocabulary size, then grow to the tokens training added.
         trained_vocab, config.vocab_size = config.vocab_size, AutoConfig.from_pretrained(model_base).vocab_size
-        model = backbone.model_class.from_pretrained(model_base, config=config, **load_kwargs)
+        model = backbone.model_class.from_pretrained(model_base, config=config, llava_checkpoint=model_path,
+                                                     **load_kwargs)
         if trained_vocab != config.vocab_size:
             model.resize_embeddings(trained_vocab)
         tokenizer_source = model_path if _has_tokenizer(model_path) else model_base
@@ -134,9 +146,9 @@ def load_pretrained_model(
     tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
     if tower is not None:
         if os.path.exists(os.path.join(model_path, "preprocessor_config.json")):
-            image_processor = CLIPImageProcessor.from_pretrained(model_path)
+            image_processor = AutoImageProcessor.from_pretrained(model_path)
         else:
-            image_processor = tower.load_image_processor()
+            image_processor = tower.load_image_processor(portable.tower_source(model.config, _local(model_path)))
 
     config = model.config
     context_len = (
@@ -153,13 +165,14 @@ def _has_tokenizer(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES)
 
 
-def _base_from_adapter(model_path: str) -> str | None:
-    adapter_config = os.path.join(model_path, "adapter_config.json")
-    if not os.path.exists(adapter_config):
-        return None
-    with open(adapter_config) as f:
-        base = json.load(f).get("base_model_name_or_path")
-    return base if base and os.path.exists(base) else None
+def _local(path: str) -> str | None:
+    return path if os.path.isdir(path) else None
+
+
+def _describe_tower(config, checkpoint: str | None) -> None:
+    """Official LLaVA configs name the tower but do not describe it: read its config from where it is."""
+    if getattr(config, "mm_vision_tower", None) and not getattr(config, "mm_vision_config", None):
+        config.mm_vision_config = CLIPVisionConfig.from_pretrained(portable.tower_source(config, checkpoint)).to_dict()
 
 
 def _apply_lora(model, model_path: str, merge: bool):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 
 import torch
 from torch import nn
@@ -28,6 +29,10 @@ from llava.model.multimodal_encoder import CLIPVisionTower, build_vision_tower
 from llava.model.multimodal_projector import build_vision_projector
 
 logger = logging.getLogger(__name__)
+
+# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache`
+# (the old name still works, with a FutureWarning on every call); pass it under this version's name.
+_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _strip_prefix_to(state_dict: dict, marker: str) -> dict:
@@ -124,15 +129,36 @@ class LlavaMetaForCausalLM:
         return self.get_model().get_vision_tower()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # Official LLaVA checkpoints may not carry the tower's weights: fetch them from mm_vision_tower.
+    def from_pretrained(cls, *args, llava_checkpoint: str | None = None, **kwargs):
+        """Also fills the vision tower when the weight files lack it (LoRA/stage-1 bases, official checkpoints).
+
+        `llava_checkpoint`: the LoRA or stage-1 checkpoint this base is loaded for; its files supply
+        the projector (so its absence is expected) and maybe the tower (`llava.model.portable`).
+        """
+        from llava.model import portable
+
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        model.config.architectures = [type(model).__name__]  # not the plain LLM's class a base config names
+        missing = set(info.get("missing_keys", ())) | model.__dict__.pop("_vision_keys_missing", set())
         tower = model.get_vision_tower()
-        if tower is not None and any(".vision_tower." in key for key in info.get("missing_keys", ())):
-            logger.info("checkpoint has no vision tower weights; loading them from %s", tower.vision_tower_name)
-            tower.load_model()
+        if tower is not None and any(".vision_tower." in key for key in missing):
+            loaded_from = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            checkpoint = llava_checkpoint or (loaded_from if os.path.isdir(str(loaded_from)) else None)
+            source = portable.load_tower_weights(tower, model.config, checkpoint)
+            logger.info("vision tower weights from %s (the weight files hold none)", source)
+        if llava_checkpoint is None and any(".mm_projector." in key for key in missing):
+            logger.warning("%s holds no mm_projector weights: the projector is randomly initialised",
+                           args[0] if args else "the checkpoint")
         return (model, info) if want_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        # transformers' load report would list every tower/projector weight as MISSING ("newly
+        # initialized") although from_pretrained above fills them right after; report the rest.
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        vision = {k for k in loading_info.missing_keys if ".vision_tower." in k or ".mm_projector." in k}
+        self._vision_keys_missing = vision
+        loading_info.missing_keys = set(loading_info.missing_keys) - vision
 
     # -- images ----------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -357,6 +383,9 @@ class LlavaMetaForCausalLM:
         # `logits_to_keep` is named (not left in **kwargs) because generate() looks for it in this
         # signature: with it, the prompt's forward computes vocabulary logits for the last position
         # only instead of every prompt position, the bulk of a small model's prefill.
+        if kwargs.get(_CACHE) is not None:  # generate() passes the cache under the new name
+            past_key_values = kwargs.pop(_CACHE)
+        kwargs.pop(_CACHE, None)
         if inputs_embeds is None:
             if self._is_packed(input_ids, position_ids, attention_mask):
                 # Backbones skip the per-sample mask when handed a cache, even an empty one.
@@ -376,7 +405,7 @@ class LlavaMetaForCausalLM:
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **{_CACHE: past_key_values},
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -396,7 +425,7 @@ class LlavaMetaForCausalLM:
         outputs = self.get_model()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **{_CACHE: past_key_values},
             use_cache=use_cache,
             **kwargs,
         )
@@ -410,10 +439,7 @@ class LlavaMetaForCausalLM:
             loss = loss / picked.sum().clamp(min=1)
         else:
             loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            past_key_values=getattr(outputs, "past_key_values", None),
-        )
+        return CausalLMOutputWithPast(loss=loss, **{_CACHE: getattr(outputs, _CACHE, None)})
 
     def _accepts_position_ids(self) -> bool:
         # MPT uses ALiBi and its forward takes no position_ids.

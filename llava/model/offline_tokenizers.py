@@ -28,6 +28,18 @@ def gpt2_family_tokenizer(**special_tokens):
     return tokenizer
 
 
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's vocabulary and merge list as data, for tokenizers built from them (the tiny Whisper's)."""
+    import json
+
+    vocab_file, merges_file = _gpt2_files()
+    with open(vocab_file, encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(merges_file, encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line.strip()]
+    return vocab, merges
+
+
 def llama_family_tokenizer():
     """A 32,000-piece LLaMA-family SentencePiece model (bos=<s>=1, eos=</s>=2, unk=<unk>=0)."""
     from transformers import LlamaTokenizer

@@ -7,6 +7,7 @@ as `microsoft/phi-2` or `openai/clip-vit-large-patch14-336`.
 
     python -m llava.model.tiny --backbone phi --out checkpoints/tiny-phi
     python -m llava.model.tiny --vision --out checkpoints/tiny-clip
+    python -m llava.model.tiny --whisper --out checkpoints/tiny-whisper
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
 
 # CLIP's normalisation constants (what openai/clip-* image processors use).
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -63,14 +64,60 @@ def save_tiny_vision_tower(
     return out_dir
 
 
-def tiny_image_processor(image_size: int) -> CLIPImageProcessor:
+def tiny_image_processor(image_size: int):
     """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at `image_size` pixels."""
-    return CLIPImageProcessor(
+    from llava.model.multimodal_encoder.clip_encoder import image_processor_class
+
+    return image_processor_class()(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
     )
+
+
+def save_tiny_whisper(out_dir: str, seed: int = 0, max_target_positions: int = 64) -> str:
+    """Write a random-init English-only Whisper (d_model 32, one layer each side) with GPT-2's BPE vocabulary.
+
+    Its transcriptions are gibberish but deterministic: enough to try spoken questions end to end
+    (`llava.serve.web --whisper-model DIR`) and to test that whatever it hears arrives as the question.
+    """
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+
+    from llava.model.offline_tokenizers import gpt2_vocab_and_merges
+
+    vocab, merges = gpt2_vocab_and_merges()
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
+    specials = ["<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+                "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=max_target_positions, decoder_start_token_id=sot,
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    # Never end at once: an empty transcription would leave nothing to ask.
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, is_multilingual=False,
+        no_timestamps_token_id=tokenizer.convert_tokens_to_ids("<|notimestamps|>"),
+        suppress_tokens=[eot], begin_suppress_tokens=[eot],
+    )
+    model.save_pretrained(out_dir)
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
+    return out_dir
 
 
 def main(argv=None) -> None:
@@ -80,6 +127,7 @@ def main(argv=None) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--backbone", choices=backbone_names(), help="write a tiny LLM of this family")
     what.add_argument("--vision", action="store_true", help="write a tiny CLIP vision tower")
+    what.add_argument("--whisper", action="store_true", help="write a tiny Whisper for spoken questions (web demo)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--hidden-size", type=int, default=None, help="width (default 64 for LLMs, 32 for CLIP)")
     parser.add_argument("--layers", type=int, default=2)
@@ -87,7 +135,10 @@ def main(argv=None) -> None:
     parser.add_argument("--patch-size", type=int, default=8, help="CLIP patch size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.vision:
+    if args.whisper:
+        save_tiny_whisper(args.out, args.seed)
+        print(f"wrote tiny Whisper (random weights: its transcripts are gibberish) to {args.out}")
+    elif args.vision:
         save_tiny_vision_tower(
             args.out, args.image_size, args.patch_size, args.hidden_size or 32, args.layers, args.seed
         )

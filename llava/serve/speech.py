@@ -7,6 +7,8 @@ import os
 import numpy as np
 
 WHISPER_RATE = 16_000  # Whisper's feature extractor expects 16 kHz mono
+# The most tokens Whisper puts before the transcript: <|startoftranscript|>, language, task, <|notimestamps|>.
+WHISPER_START_TOKENS = 4
 
 
 def read_audio(path: str) -> tuple[np.ndarray, int]:
@@ -50,7 +52,9 @@ class WhisperTranscriber:
             )
         self.processor = WhisperProcessor.from_pretrained(model_dir)
         self.model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
-        self.max_new_tokens = max_new_tokens
+        # generate() refuses a budget that, with its start tokens, exceeds the decoder's positions.
+        limit = self.model.config.max_target_positions - WHISPER_START_TOKENS
+        self.max_new_tokens = max(1, min(max_new_tokens, limit))
 
     def __call__(self, audio) -> str:
         """Transcribe a WAV path or a (waveform, rate) pair."""
@@ -58,6 +62,9 @@ class WhisperTranscriber:
         features = self.processor(resample(wave, rate), sampling_rate=WHISPER_RATE, return_tensors="pt").input_features
         import torch
 
-        with torch.inference_mode():
+        from llava.quiet import dropping
+
+        # Whisper's generate() sets max_length itself and then warns that max_new_tokens overrides it.
+        with torch.inference_mode(), dropping("transformers.generation.utils", r"^Both `max_new_tokens`"):
             ids = self.model.generate(features.to(self.model.dtype), max_new_tokens=self.max_new_tokens)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip()

@@ -4,26 +4,83 @@
 
 Binds 127.0.0.1 unless `--host` says otherwise. Spoken questions are transcribed by a local
 Whisper checkpoint and then treated exactly like typed ones; without `--whisper-model` the audio
-input says so. Needs the optional dependency group `web` (gradio).
+input says so (`python -m llava.model.tiny --whisper --out DIR` writes a tiny offline one for
+trying the plumbing). Needs the optional dependency group `serve` (gradio, scipy).
+
+Uploads are checked here, not by gradio: the image box takes any file, and whatever it is (not a
+picture, a decompression bomb, more pixels than `--max-image-pixels`, larger than
+`--max-upload-mb`) ends in a status-line message. Pixel counts are read from the file's header,
+so an oversized picture is refused without being decoded.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from typing import Callable, Iterator
 
 from llava.eval.inference import GenerationSettings, InferenceEngine
-from llava.mm_utils import load_image
+from llava.mm_utils import MAX_IMAGE_PIXELS, ImageTooLarge, load_image
 
 logger = logging.getLogger(__name__)
 
 NO_WHISPER = "Spoken questions need a Whisper model: restart with --whisper-model DIR (a local Whisper checkpoint)."
+PREVIEW_SIDE = 384  # the preview is a thumbnail; the model gets the full image
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int = 20 * 2**20
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def new_session() -> dict:
-    return {"conv": None, "image": None, "pixels": None}
+    """`image`: the upload the session is about (also when it was refused); `refused`: why, if it was."""
+    return {"conv": None, "image": None, "pixels": None, "preview": None, "refused": None}
+
+
+def use_image(engine: InferenceEngine, limits: UploadLimits, image_path: str | None) -> tuple[dict, str]:
+    """A new session for the uploaded file (or for none) and the status line to show.
+
+    Every change of picture (a new one, a refused one, none) starts a new conversation, so no
+    question is ever answered from the previous picture's conversation. A refused upload leaves a
+    session that refuses questions, with the reason, until another picture is uploaded, the file is
+    removed or Reset is pressed.
+    """
+    session = new_session()
+    if not image_path:
+        return session, ""
+    session["image"] = image_path
+    name = os.path.basename(image_path)
+    try:
+        too_big = os.path.getsize(image_path) > limits.max_bytes
+        if too_big:
+            session["refused"] = f"{name} is larger than {_size(limits.max_bytes)}; upload a smaller one."
+        else:
+            image = load_image(image_path, max_pixels=limits.max_pixels)
+            session["pixels"] = engine.process_image(image)
+    except ImageTooLarge:
+        session["refused"] = (
+            f"{name} has more than {limits.max_pixels:,} pixels (--max-image-pixels); it was not decoded. "
+            "Upload a smaller picture."
+        )
+    except ValueError:  # not a picture Pillow can decode
+        session["refused"] = f"{name} is not an image we can read. Upload a JPEG, PNG or WebP picture."
+    except OSError:
+        session["refused"] = f"{name} could not be read. Upload it again."
+    if session["refused"]:
+        logger.info("refused upload %s: %s", name, session["refused"])
+        return session, f"⚠️ {session['refused']}"
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    session["preview"] = preview
+    return session, f"🖼️ {name} ({image.width} x {image.height}): ask a question about it."
 
 
 def respond(
@@ -36,25 +93,31 @@ def respond(
     audio_path: str | None,
     history: list[dict],
     session: dict,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Iterator[tuple]:
     """One chat turn; yields (history, session, question box, audio box, status) as the answer streams.
 
-    Problems (wrong file type, oversized upload, no question, no Whisper) come back as a status
-    message and leave the conversation untouched.
+    Problems (a refused upload, oversized audio, no question, no Whisper) come back as a status
+    message; the conversation is left as it was, or emptied when the picture changed.
     """
     history = list(history or [])
     session = dict(session or new_session())
+    status = ""
+    if (image_path or None) != session["image"]:  # the upload's own event has not run (or an API call)
+        session, _ = use_image(engine, UploadLimits(max_upload_bytes, max_pixels), image_path)  # refusals below
+        history = []
 
     def fail(message: str):
         return history, session, question, audio_path, f"⚠️ {message}"
 
-    for label, path in (("image", image_path), ("audio", audio_path)):
-        if path and os.path.getsize(path) > max_upload_bytes:
-            yield fail(f"The {label} file is larger than {max_upload_bytes // 2**20} MB; upload a smaller one.")
-            return
+    if session["refused"]:
+        yield fail(session["refused"])
+        return
+    if audio_path and os.path.getsize(audio_path) > max_upload_bytes:
+        yield fail(f"The audio file is larger than {_size(max_upload_bytes)}; upload a smaller one.")
+        return
 
     question = (question or "").strip()
-    status = ""
     if not question and audio_path:
         if transcriber is None:
             yield fail(NO_WHISPER)
@@ -72,14 +135,6 @@ def respond(
         yield fail("Type a question or record one.")
         return
 
-    if image_path and image_path != session["image"]:
-        try:
-            pixels = engine.process_image(load_image(image_path))
-        except (OSError, ValueError) as exc:
-            yield fail(f"That file is not an image we can read ({exc}). Upload a JPEG, PNG or WebP picture.")
-            return
-        # A new picture starts a new conversation.
-        session, history = {"conv": None, "image": image_path, "pixels": pixels}, []
     if session["conv"] is None:
         session["conv"] = engine.new_conversation()
         first_with_image = session["pixels"] is not None
@@ -91,6 +146,8 @@ def respond(
         prepared = engine.prepare(conv, session["pixels"])
     except ValueError as exc:  # conversation too long for the model's context
         del conv.messages[-2:]
+        if not conv.messages:
+            session["conv"] = None  # nothing was asked yet: the image still goes with the next question
         yield fail(f"{exc}. Press Reset to start over.")
         return
 
@@ -108,24 +165,35 @@ def build_demo(
     settings: GenerationSettings | None = None,
     transcriber: Callable[[str], str] | None = None,
     max_upload_mb: int = 20,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ):
     import gradio as gr
 
     settings = settings or GenerationSettings(temperature=0.2, max_new_tokens=512)
-    max_bytes = max_upload_mb * 2**20
+    limits = UploadLimits(max_upload_mb * 2**20, max_image_pixels)
+
+    def on_image(image, session):
+        if (image or None) == (session or new_session())["image"]:
+            return gr.skip(), session, session["preview"], gr.skip()  # already taken in by a question
+        session, status = use_image(engine, limits, image)
+        return [], session, session["preview"], status
 
     def on_submit(image, question, audio, history, session):
-        yield from respond(engine, settings, transcriber, max_bytes, image, question, audio, history, session)
+        yield from respond(engine, settings, transcriber, limits.max_bytes, image, question, audio, history, session,
+                           limits.max_pixels)
 
     def on_reset():
-        return [], new_session(), "", None, None, ""
+        return [], new_session(), "", None, None, None, ""
 
     with gr.Blocks(title="LLaVA demo", analytics_enabled=False) as demo:
         gr.Markdown("## LLaVA: ask about an image\nUpload a picture, then type a question or record one.")
         session = gr.State(new_session())
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="image")
+                # A plain file box: gradio's image box decodes uploads itself, before anything here can
+                # refuse a file that is not a picture or is too large to decode.
+                image = gr.File(label="Image (JPEG, PNG, WebP, ...)", type="filepath", elem_id="image")
+                preview = gr.Image(label="Preview", interactive=False, elem_id="preview", height=200)
                 audio = gr.Audio(
                     sources=["upload", "microphone"],
                     type="filepath",
@@ -143,10 +211,12 @@ def build_demo(
                 status = gr.Markdown("" if transcriber else f"ℹ️ {NO_WHISPER}", elem_id="status")
         outputs = [chatbot, session, question, audio, status]
         inputs = [image, question, audio, chatbot, session]
+        image.change(on_image, [image, session], [chatbot, session, preview, status])
         send.click(on_submit, inputs, outputs)
         question.submit(on_submit, inputs, outputs)
-        reset.click(on_reset, None, [chatbot, session, question, audio, image, status])
-    # One generation at a time: the model is shared by every browser tab.
+        reset.click(on_reset, None, [chatbot, session, question, audio, image, preview, status])
+    # One event at a time: the model is shared by every browser tab, and an upload is taken in
+    # before the question sent after it.
     demo.queue(default_concurrency_limit=1)
     return demo
 
@@ -162,6 +232,8 @@ def main(argv=None) -> None:
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--max-upload-mb", type=int, default=20, help="larger image/audio uploads are refused")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help="images with more pixels (read from the file header) are refused without being decoded")
     parser.add_argument("--load-4bit", action="store_true")
     parser.add_argument("--load-8bit", action="store_true")
     args = parser.parse_args(argv)
@@ -182,7 +254,7 @@ def main(argv=None) -> None:
     else:
         logger.info("no --whisper-model: spoken questions are disabled")
     demo = build_demo(engine, GenerationSettings(args.temperature, max_new_tokens=args.max_new_tokens), transcriber,
-                      args.max_upload_mb)
+                      args.max_upload_mb, args.max_image_pixels)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb}mb")
 
 

@@ -3,7 +3,8 @@
 - projector (stage 1): config.json + mm_projector.bin (keys `model.mm_projector.*`)
 - lora / qlora:        adapter + non_lora_trainables.bin + config.json
 - full:                save_pretrained (written by the HF Trainer)
-Each also gets the tokenizer and the CLIP image processor (preprocessor_config.json).
+Each also gets the tokenizer and the CLIP image processor (preprocessor_config.json); the partial
+ones also a copy of a frozen tower that came from a local folder (vision_tower/, llava.model.portable).
 Under ZeRO-3 parameters are partitioned; they are gathered (on every rank) before writing.
 """
 
@@ -14,6 +15,8 @@ import copy
 import os
 
 import torch
+
+from llava.model.portable import save_tower_copy  # a frozen tower from a local folder travels along
 
 MM_PROJECTOR = "mm_projector"
 
@@ -66,6 +69,7 @@ def save_projector_checkpoint(model, output_dir: str, state: dict) -> None:
         raise RuntimeError("the projector is not trainable; nothing to write to mm_projector.bin")
     save_config(model, output_dir)
     torch.save(weights, os.path.join(output_dir, "mm_projector.bin"))
+    save_tower_copy(model, output_dir)
 
 
 def save_lora_checkpoint(peft_model, output_dir: str, state: dict) -> None:
@@ -74,6 +78,7 @@ def save_lora_checkpoint(peft_model, output_dir: str, state: dict) -> None:
     non_lora = {k: v for k, v in state.items() if "lora_" not in k}
     torch.save(non_lora, os.path.join(output_dir, "non_lora_trainables.bin"))
     save_config(peft_model.get_base_model(), output_dir)
+    save_tower_copy(peft_model.get_base_model(), output_dir)
 
 
 def checkpoint_mode(output_dir: str) -> str | None:

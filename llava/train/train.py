@@ -15,7 +15,7 @@ import transformers
 
 from llava.train.arguments import parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train import feature_cache
+from llava.train import deepspeed_cpu, feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
 from llava.train.trainer import LLaVATrainer
@@ -28,6 +28,8 @@ def _init_distributed(training_args) -> None:
 
     (accelerate may already have set up torch.distributed; DeepSpeed then wraps that group.)
     """
+    if training_args.deepspeed and training_args.use_cpu:
+        deepspeed_cpu.skip_shm_comm_build()
     if not training_args.deepspeed or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return
     import deepspeed

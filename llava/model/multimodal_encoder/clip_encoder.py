@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 SELECT_FEATURES = ("patch", "cls_patch")
 
@@ -39,13 +39,15 @@ class CLIPVisionTower(nn.Module):
             raise ValueError(f"mm_vision_select_layer {select_layer} is out of range for a {n_layers}-layer tower")
         self.select_layer, self.select_feature = select_layer, select_feature
 
-    def load_model(self) -> None:
-        """Copy pretrained weights from `vision_tower_name` (a local directory or cached hub name)."""
-        pretrained = CLIPVisionModel.from_pretrained(self.vision_tower_name, dtype=self.dtype)
+    def load_model(self, source: str | None = None) -> None:
+        """Copy pretrained weights from `source` (default `vision_tower_name`: a local directory or cached hub name)."""
+        pretrained = CLIPVisionModel.from_pretrained(source or self.vision_tower_name, dtype=self.dtype)
         self.vision_tower.load_state_dict(pretrained.state_dict())
 
-    def load_image_processor(self) -> CLIPImageProcessor:
-        return CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+    def load_image_processor(self, source: str | None = None):
+        # AutoImageProcessor picks the PIL backend by itself when torchvision is absent; naming
+        # CLIPImageProcessor would log transformers' fallback notice each run.
+        return AutoImageProcessor.from_pretrained(source or self.vision_tower_name)
 
     @property
     def is_trainable(self) -> bool:
@@ -92,6 +94,18 @@ class CLIPVisionTower(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.num_patches_per_side**2 + (1 if self.select_feature == "cls_patch" else 0)
+
+
+def image_processor_class(name: str = "CLIPImageProcessor"):
+    """transformers' image processor `name`, or its PIL twin when torchvision is absent.
+
+    Both save the same `image_processor_type`; naming the PIL one directly avoids the fallback
+    notice transformers logs when `name` is asked for without torchvision.
+    """
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    return getattr(transformers, name if is_torchvision_available() else f"{name}Pil")
 
 
 def build_vision_tower(config) -> CLIPVisionTower:
