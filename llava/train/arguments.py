@@ -87,6 +87,11 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "folder caching the frozen vision tower's outputs: computed once (or reused when tower, "
                   "select layer/feature and image processing match), then training skips image decode and the tower"},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start over even if --output_dir holds checkpoint-N folders of an earlier run (they are "
+                  "deleted); by default a run continues from the newest complete one"},
+    )
     lora_enable: bool = field(default=False)
     lora_r: int = field(default=64)
     lora_alpha: int = field(default=16)

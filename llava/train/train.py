@@ -15,7 +15,7 @@ import transformers
 
 from llava.train.arguments import parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train import feature_cache
+from llava.train import checkpoint, feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
 from llava.train.trainer import LLaVATrainer
@@ -123,6 +123,11 @@ def train(args=None, attn_implementation=None):
         reason = backbone.model_class.packing_unsupported
         raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
 
+    resume = checkpoint.resolve_resume(
+        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir,
+        is_main=training_args.should_save,
+    )
+
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
     model, tokenizer = build_model(model_args, data_args, training_args, modules)
@@ -142,7 +147,7 @@ def train(args=None, attn_implementation=None):
         save_mode=save_mode(modules),
         image_processor=image_processor,
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     summarize([("train", train_dataset), ("eval", eval_dataset)], training_args, result)
