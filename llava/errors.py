@@ -126,8 +126,17 @@ def report(exc: BaseException, program: str) -> None:
         if _same_on_every_rank:
             return
         line = f"[rank {rank()}] {line}"
+    _close_progress_bars()
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
+
+
+def _close_progress_bars() -> None:
+    """A tqdm bar left open (training stopped mid-epoch) would share its line with the message."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
 
 
 @contextlib.contextmanager

@@ -26,6 +26,10 @@ BACKGROUND = (255, 255, 255)
 class ImageTooLarge(ValueError):
     """An image over the pixel limit, refused before it is decoded."""
 
+    def hint(self, flag: str) -> str:
+        """The message, naming `flag` when our limit (not Pillow's own bomb limit) refused the image."""
+        return f"{self} ({flag} sets the limit)" if "over the limit of" in str(self) else str(self)
+
 
 def _describe(source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from llava import errors
 from llava.eval.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
-from llava.mm_utils import MAX_IMAGE_PIXELS, ImageOutsideFolder, image_path_in_folder, load_image, tokenizer_image_tokens
+from llava.mm_utils import MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, tokenizer_image_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str,
         try:
             image = load_image(os.path.join(image_folder, q["image"]), max_pixels=max_pixels) if q.get("image") else None
         except (OSError, ValueError) as exc:
-            raise ValueError(f"question {q['question_id']!r}: {exc}") from exc
+            reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else exc
+            raise ValueError(f"question {q['question_id']!r}: {reason}") from exc
         loaded.append(image)
     present = [image for image in loaded if image is not None]
     pixels = iter(engine.process_images(present) if present else [])

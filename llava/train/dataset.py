@@ -365,7 +365,7 @@ class LazySupervisedDataset(Dataset):
         try:
             return load_image(full, max_pixels=self.max_image_pixels)
         except ImageTooLarge as e:
-            raise InvalidRecord(record_id, f"{e} (--max_image_pixels)", "image too large") from None
+            raise InvalidRecord(record_id, e.hint("--max_image_pixels"), "image too large") from None
         except (OSError, ValueError) as e:
             raise InvalidRecord(record_id, f"image {full} cannot be read ({e})", "corrupt image") from None
 

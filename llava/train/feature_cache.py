@@ -159,7 +159,7 @@ class _PixelDataset(Dataset):
         try:
             image = load_image(self.paths[i], max_pixels=self.max_image_pixels)
         except ImageTooLarge as e:
-            return i, None, (f"{e} (--max_image_pixels)", True)
+            return i, None, (e.hint("--max_image_pixels"), True)
         except (OSError, ValueError) as e:
             return i, None, (f"image {self.paths[i]} cannot be read ({e})", False)
         return i, process_images([image], self.image_processor, self.config)[0], None
