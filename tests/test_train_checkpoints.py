@@ -60,8 +60,11 @@ def test_resume_picks_the_newest_complete_checkpoint_and_names_incomplete_ones(t
     with pytest.raises(FileNotFoundError, match="nowhere: cannot resume from it: no such folder"):
         checkpoint.resolve_resume(str(out), str(tmp_path / "nowhere"))
 
+    with pytest.raises(ValueError, match="--resume_from_checkpoint False: .* pass --overwrite_output_dir True"):
+        checkpoint.resolve_resume(str(out), "False")
     empty = tmp_path / "empty"
     assert checkpoint.resolve_resume(str(empty), None) is None  # a fresh run
+    assert checkpoint.resolve_resume(str(empty), "False") is None
     with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint True: no complete checkpoint-N"):
         checkpoint.resolve_resume(str(empty), "True")
 

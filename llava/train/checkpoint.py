@@ -176,14 +176,14 @@ def resolve_resume(output_dir: str, requested: str | None, overwrite: bool = Fal
     - `requested` None: the newest complete checkpoint-N in `output_dir` if there is one (re-running a
       command continues it, as official LLaVA does), unless `overwrite`, which deletes the old
       checkpoints and starts over.
-    - "True": the same, but one must exist.
+    - "True": the same, but one must exist. "False": start at step 1; an error if there are checkpoints.
     - a path: that checkpoint; a folder of checkpoint-N folders: its newest complete one.
     Incomplete checkpoints are never resumed from: skipped with a warning, or an error when named.
     """
     if is_main:
         remove_partial(output_dir)
     if overwrite:
-        if requested is not None:
+        if requested is not None and str(requested).lower() != "false":
             raise ValueError("--overwrite_output_dir True starts the run over; drop --resume_from_checkpoint, or it")
         old = list_checkpoints(output_dir)
         if old and is_main:
@@ -191,6 +191,11 @@ def resolve_resume(output_dir: str, requested: str | None, overwrite: bool = Fal
                            len(old), output_dir, ", ".join(os.path.basename(p) for _, p in old))
             for _, path in old:
                 shutil.rmtree(path)
+        return None
+    if str(requested).lower() == "false":  # HF's spelling of "do not resume"
+        if list_checkpoints(output_dir):
+            raise ValueError(f"--resume_from_checkpoint False: --output_dir {output_dir} holds checkpoints of an "
+                             "earlier run; pass --overwrite_output_dir True to start over (deleting them)")
         return None
     if requested is None or str(requested).lower() == "true":
         path, skipped = newest_complete(output_dir)
