@@ -253,9 +253,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from llava.model.paths import resolve_pretrained
 
-    model_path = resolve_pretrained(args.model_path, "--model-path")  # its config is read before the loader runs
+    args.model_path = resolve_pretrained(args.model_path, "--model-path")  # export reads its config before loading
     try:
-        export(model_path, args.out, args.model_base, args.conv_mode, args.dtype, args.drop_lm_head_bias)
+        export(args.model_path, args.out, args.model_base, args.conv_mode, args.dtype, args.drop_lm_head_bias)
     except ExportError as exc:
         raise SystemExit(f"cannot export {args.model_path}: {exc}") from None
     print(f"wrote LlavaForConditionalGeneration + LlavaProcessor to {args.out}")
