@@ -115,12 +115,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-file", default=None, help="write the scores (incl. per question) as JSON here")
     args = parser.parse_args(argv)
 
-    from llava.errors import exit_on_clear_error
-
-    with exit_on_clear_error("eval_okvqa"):  # bad input: a message, not a traceback
+    try:
         scores = evaluate(
             load_annotations(args.annotation_file), load_results(args.result_file), load_question_ids(args.question_file)
         )
+    except (OSError, ValueError) as exc:  # bad input: a message, not a traceback
+        raise SystemExit(f"eval_okvqa: {exc}") from None
     print(f"Accuracy: {scores['overall']:.2f}  ({len(scores['per_question'])} questions)")
     print("Per question type:")
     for name, value in sorted(scores["perQuestionType"].items()):

@@ -21,9 +21,8 @@ import shutil
 
 import torch
 
-logger = logging.getLogger("llava.train")
-
 MM_PROJECTOR = "mm_projector"
+logger = logging.getLogger("llava.train")
 
 
 def is_zero3(param) -> bool:

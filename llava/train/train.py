@@ -16,9 +16,10 @@ import transformers
 from llava import errors
 from llava.train.arguments import check_inputs, parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train import checkpoint, feature_cache
+from llava.train import feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
+from llava.train.checkpoint import resolve_resume
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger("llava.train")
@@ -127,7 +128,7 @@ def train(args=None, attn_implementation=None):
         reason = backbone.model_class.packing_unsupported
         raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
 
-    resume = checkpoint.resolve_resume(
+    resume = resolve_resume(
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir,
         is_main=training_args.should_save,
     )
