@@ -26,6 +26,10 @@ BACKGROUND = (255, 255, 255)
 class ImageTooLarge(ValueError):
     """An image over the pixel limit, refused before it is decoded."""
 
+    def hint(self, flag: str) -> str:
+        """The message, naming `flag` when our limit (not Pillow's own bomb limit) refused the image."""
+        return f"{self} ({flag} sets the limit)" if "over the limit of" in str(self) else str(self)
+
 
 def _describe(source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
@@ -100,6 +104,34 @@ def load_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image {_describe(source)}: {exc}") from exc
     return to_rgb(image)
+
+
+class ImageOutsideFolder(ValueError):
+    """An image path that is absolute or climbs out of the image folder with '..'."""
+
+
+def image_path_in_folder(folder: str | None, path: str, allow_flag: str, folder_flag: str = "--image_folder",
+                         allow_outside: bool = False) -> str:
+    """`path` as a record or question names it, joined to `folder`.
+
+    Absolute paths and paths that climb out of `folder` with '..' are refused (`ImageOutsideFolder`,
+    naming `allow_flag`) unless `allow_outside`: a dataset should not read files from anywhere on the
+    machine without a word. The check is on the path as written; a symlink inside the folder is the
+    user's own choice.
+    """
+    if not allow_outside:
+        if os.path.isabs(path):
+            where = "is absolute"
+        elif os.path.normpath(path).split(os.sep)[0] == os.pardir:
+            where = "climbs out of the folder with '..'"
+        else:
+            where = None
+        if where:
+            raise ImageOutsideFolder(
+                f"image path {path!r} {where}; images must lie inside {folder_flag} "
+                f"({folder or 'the working directory'}): fix the path, or pass {allow_flag} to allow it"
+            )
+    return os.path.join(folder or "", path)
 
 
 def expand2square(image: Image.Image, background_color) -> Image.Image:

@@ -14,4 +14,6 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     from llava.data.instruct import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from llava.errors import run
+
+    run(main)

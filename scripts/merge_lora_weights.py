@@ -12,9 +12,11 @@ import os
 import torch
 
 from llava.model.builder import checkpoint_kind, load_pretrained_model
+from llava.model.paths import resolve_pretrained
 
 
 def merge(model_path: str, model_base: str | None, save_model_path: str) -> None:
+    model_path = resolve_pretrained(model_path, "--model-path")  # a missing folder is not "not a LoRA checkpoint"
     if checkpoint_kind(model_path) != "lora":
         raise SystemExit(f"{model_path} is not a LoRA checkpoint (no adapter_config.json); nothing to merge")
     # Full precision on the CPU, so the merge is exact and needs no GPU; load_pretrained_model merges.
@@ -40,4 +42,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.errors import run
+
+    run(main)

@@ -385,4 +385,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from llava.errors import run
+
+    run(main)

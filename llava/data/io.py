@@ -498,10 +498,14 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     """Run a converter's main: bad data or I/O errors become one-line messages (exit 2), Ctrl-C exit 130."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from llava.errors import debug
+
     setup_logging()
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
             return main(argv)
+    except (DataError, OSError) if debug() else ():  # LLAVA_DEBUG=1: the traceback instead of one line
+        raise
     except DataError as exc:
         logger.error("%s", exc)
         return 2

@@ -153,4 +153,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.errors import run
+
+    run(main)

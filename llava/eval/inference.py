@@ -80,6 +80,8 @@ class InferenceEngine:
     ) -> "InferenceEngine":
         from llava.model.builder import load_pretrained_model
 
+        if conv_mode is not None:
+            get_conv_template(conv_mode)  # an unknown template fails before the model loads
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path, model_base, load_4bit=load_4bit, load_8bit=load_8bit, device=device
         )

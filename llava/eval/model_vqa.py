@@ -21,8 +21,9 @@ import uuid
 
 from tqdm import tqdm
 
+from llava import errors
 from llava.eval.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
-from llava.mm_utils import load_image, tokenizer_image_tokens
+from llava.mm_utils import MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, tokenizer_image_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,13 @@ def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
 
 def read_questions(path: str) -> list[dict]:
     questions = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: byte {raw[exc.start]:#04x} at column {exc.start + 1} is not "
+                                 "UTF-8; re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -76,12 +82,16 @@ def _truncate_partial_line(path: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool) -> list[dict]:
-    """Check every image exists before spending time on generation."""
+def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool, allow_outside: bool = False) -> list[dict]:
+    """Check every image exists (and lies inside --image-folder) before spending time on generation."""
     kept, missing = [], []
     for q in questions:
         if q.get("image"):
-            path = os.path.join(image_folder, q["image"])
+            try:
+                path = image_path_in_folder(image_folder, q["image"], "--allow-outside-image-folder",
+                                            "--image-folder", allow_outside)
+            except ImageOutsideFolder as exc:
+                raise ValueError(f"question {q['question_id']!r}: {exc}") from None
             if not os.path.exists(path):
                 missing.append((q["question_id"], path))
                 continue
@@ -99,15 +109,17 @@ def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool)
     return kept
 
 
-def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str) -> list:
+def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> list:
     """Prompts and pixels for a batch of questions: the batch's images go through the image processor in one
     call, its prompts through the tokenizer in one call."""
     loaded = []
     for q in batch:
         try:
-            loaded.append(load_image(os.path.join(image_folder, q["image"])) if q.get("image") else None)
+            image = load_image(os.path.join(image_folder, q["image"]), max_pixels=max_pixels) if q.get("image") else None
         except (OSError, ValueError) as exc:
-            raise ValueError(f"question {q['question_id']!r}: {exc}") from exc
+            reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else exc
+            raise ValueError(f"question {q['question_id']!r}: {reason}") from exc
+        loaded.append(image)
     present = [image for image in loaded if image is not None]
     pixels = iter(engine.process_images(present) if present else [])
     convs = []
@@ -126,7 +138,7 @@ def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str)
 
 def eval_model(args) -> dict:
     chunk = get_chunk(read_questions(args.question_file), args.num_chunks, args.chunk_idx)
-    questions = resolve_images(chunk, args.image_folder, args.skip_missing_images)
+    questions = resolve_images(chunk, args.image_folder, args.skip_missing_images, args.allow_outside_image_folder)
     skipped_missing = len(chunk) - len(questions)
     done = answered_ids(args.answers_file)
     todo = [q for q in questions if q["question_id"] not in done]
@@ -143,7 +155,7 @@ def eval_model(args) -> dict:
     with open(args.answers_file, "a") as out, tqdm(total=len(todo), desc="model_vqa", unit="q") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i : i + args.batch_size]
-            answers = engine.generate(prepare_batch(engine, batch, args.image_folder), settings)
+            answers = engine.generate(prepare_batch(engine, batch, args.image_folder, args.max_image_pixels or None), settings)
             for q, answer in zip(batch, answers):
                 record = {
                     "question_id": q["question_id"],
@@ -193,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip-missing-images", action="store_true", help="leave questions whose image is missing unanswered (counted)"
     )
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help="refuse images with more pixels than this before decoding them (0: no limit)")
+    parser.add_argument("--allow-outside-image-folder", action="store_true",
+                        help="accept image paths that are absolute or climb out of --image-folder with '..'")
     return parser
 
 
@@ -201,11 +217,9 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
-    try:
+    with errors.exit_on_clear_error("model_vqa"):  # bad input: a message, not a traceback
         return eval_model(args)
-    except (FileNotFoundError, ValueError) as exc:  # bad input: a message, not a traceback
-        raise SystemExit(f"model_vqa: {exc}") from None
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -314,6 +314,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from llava.model.paths import resolve_pretrained
+
+    args.model_path = resolve_pretrained(args.model_path, "--model-path")  # export reads its config before loading
     try:
         export(args.model_path, args.out, args.model_base, args.conv_mode, args.dtype)
     except ExportError as exc:
@@ -322,4 +325,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.errors import run
+
+    run(main)

@@ -230,38 +230,50 @@ class LlavaMetaForCausalLM:
                 f"packed rows (--packing) cannot be trained with {type(self).__name__}: {self.packing_unsupported}"
             )
 
-        if n_markers == 0 and not packed:
-            if (images is None and image_features is None) or not self.training:
-                return input_ids, position_ids, attention_mask, past_key_values, None, labels
-            embeds = self._touch_vision_parameters(self.get_model().get_input_embeddings()(input_ids), image_features)
-            return None, position_ids, attention_mask, past_key_values, embeds, labels
+        placeholder = n_markers == 0 and (images is not None or image_features is not None) and self._in_lockstep()
+        if n_markers == 0 and not packed and not placeholder:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
+        # The vision modules run first, whatever the batch holds: on its images, or on one placeholder
+        # whose features are merged nowhere. Every rank then runs the same modules in the same order
+        # and its vision parameters get (zero) gradients in the same order, which ZeRO-3's parameter
+        # fetches and ZeRO-2/3's gradient buckets need (a rank skipping them aborts or hangs the job).
         projected = None
-        if n_markers:
-            if image_features is not None:
-                projected = self.project_features(self._images_for_markers(image_features, markers_per_sample))
-            elif images is not None:
-                projected = self.encode_images(self._images_for_markers(images, markers_per_sample))
-            else:
-                raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
+        if image_features is not None:
+            features = self._images_for_markers(image_features, markers_per_sample) if n_markers else (
+                image_features.new_zeros(1, *self._feature_shape(image_features)))
+            projected = self.project_features(features)
+        elif images is not None:
+            projected = self.encode_images(
+                self._images_for_markers(images, markers_per_sample) if n_markers else self._placeholder_image()
+            )
+        elif n_markers:
+            raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
         merged = self._merge(
             input_ids, is_image, attention_mask, labels, projected, past_key_values, position_ids if packed else None
         )
-        if projected is None and (images is not None or image_features is not None) and self.training:
-            merged = (*merged[:3], self._touch_vision_parameters(merged[3], image_features), merged[4])
         return (None, *merged)
 
-    def _touch_vision_parameters(self, embeds: torch.Tensor, cached_features=None) -> torch.Tensor:
-        """A text-only training batch still runs the vision modules (on a placeholder, with a
-        zero-weighted result) so every rank touches the same parameters under ZeRO-3. With cached
-        features no rank ever runs the (frozen) tower, so the projector alone does."""
-        if cached_features is not None:
-            dummy = self.project_features(cached_features.new_zeros(1, *cached_features.shape[1:]))
-        else:
-            tower = self.get_vision_tower()
-            size = tower.config.image_size
-            dummy = self.encode_images(torch.zeros(1, tower.config.num_channels, size, size, device=embeds.device))
-        return embeds + 0.0 * dummy.sum().to(embeds.dtype)
+    def _in_lockstep(self) -> bool:
+        """Whether a batch without images must still run the vision modules: in training (every rank,
+        and a single process alike, so the optimizer sees the same zero gradients), and whenever
+        several processes run the model together (ZeRO-3 evaluation fetches parameters module by module)."""
+        if self.training:
+            return True
+        import torch.distributed as dist
+
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _placeholder_image(self) -> torch.Tensor:
+        config = self.get_vision_tower().config
+        return torch.zeros(1, config.num_channels, config.image_size, config.image_size, device=self.device)
+
+    def _feature_shape(self, image_features: torch.Tensor) -> tuple[int, int]:
+        """(patches, hidden) of one image's cached tower output (an empty batch still carries them)."""
+        if image_features.ndim == 3:
+            return tuple(image_features.shape[1:])
+        tower = self.get_vision_tower()
+        return tower.num_patches, tower.hidden_size
 
     @staticmethod
     def _is_packed(input_ids, position_ids, attention_mask) -> bool:
@@ -323,6 +335,9 @@ class LlavaMetaForCausalLM:
             # Markers in row-major order match image_features' order; a marker past the cut is dropped.
             img_rows, img_cols = is_image.nonzero(as_tuple=True)
             keep_img = kept[img_rows, img_cols]
+            # A placeholder row (a batch without markers) is sliced away here, inside the graph, so its
+            # gradient is zero but still reaches the vision modules exactly as real images' does.
+            image_features = image_features[: len(img_rows)]
             patch_pos = position[img_rows, img_cols][:, None] + torch.arange(n_patches, device=device)
             patch_rows = img_rows[:, None].expand_as(patch_pos)
             embeds[patch_rows[keep_img], patch_pos[keep_img]] = image_features[keep_img].to(embeds.dtype)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
+from llava.mm_utils import MAX_IMAGE_PIXELS
 from llava.train.feature_cache import NEEDS_FROZEN_TOWER
 
 TRAIN_MODULES = ("projector", "lora", "llm", "vision_tower", "lm_head")
@@ -50,6 +51,16 @@ class DataArguments:
     skip_invalid: bool = field(
         default=False, metadata={"help": "drop bad records (counted and logged) instead of stopping with an error"}
     )
+    max_image_pixels: int = field(
+        default=MAX_IMAGE_PIXELS,
+        metadata={"help": "refuse images with more pixels (width x height) than this, from their header and before "
+                  "decoding (a record error, or a counted skip with --skip_invalid); 0: no limit"},
+    )
+    allow_outside_image_folder: bool = field(
+        default=False,
+        metadata={"help": "accept image paths that are absolute or climb out of --image_folder with '..' "
+                  "(refused by default)"},
+    )
 
 
 @dataclass
@@ -86,6 +97,11 @@ class TrainingArguments(transformers.TrainingArguments):
         default=None,
         metadata={"help": "folder caching the frozen vision tower's outputs: computed once (or reused when tower, "
                   "select layer/feature and image processing match), then training skips image decode and the tower"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start over even if --output_dir holds checkpoint-N folders of an earlier run (they are "
+                  "deleted); by default a run continues from the newest complete one"},
     )
     lora_enable: bool = field(default=False)
     lora_r: int = field(default=64)
@@ -125,6 +141,31 @@ def parse_args(args=None) -> tuple[ModelArguments, DataArguments, TrainingArgume
     if missing:
         parser.error(f"required: {', '.join(missing)}")
     return model_args, data_args, training_args
+
+
+def check_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Paths and names that would otherwise fail deep inside a loader, checked before anything loads.
+
+    Model and tower paths become the folders (or hub names) `resolve_pretrained` found.
+    """
+    from llava.conversation import get_conv_template
+    from llava.model.paths import resolve_pretrained
+
+    if model_args.version:
+        try:
+            get_conv_template(model_args.version)
+        except ValueError as e:
+            raise ValueError(f"--version: {e}") from None
+    model_args.model_name_or_path = resolve_pretrained(model_args.model_name_or_path, "--model_name_or_path")
+    model_args.vision_tower = resolve_pretrained(model_args.vision_tower, "--vision_tower")
+    adapter = model_args.pretrain_mm_mlp_adapter
+    if adapter and not os.path.isfile(adapter):
+        where = "is a folder; give the mm_projector.bin inside it" if os.path.isdir(adapter) else "does not exist"
+        raise FileNotFoundError(f"--pretrain_mm_mlp_adapter {adapter} {where}")
+    if data_args.image_folder and not os.path.isdir(data_args.image_folder):
+        raise NotADirectoryError(f"--image_folder {data_args.image_folder} is not a folder; check the path")
+    if data_args.max_image_pixels < 0:
+        raise ValueError(f"--max_image_pixels {data_args.max_image_pixels}: give a pixel count, or 0 for no limit")
 
 
 def resolve_train_modules(model_args: ModelArguments, training_args: TrainingArguments) -> frozenset[str]:

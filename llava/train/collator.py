@@ -73,8 +73,8 @@ class DataCollatorForSupervisedDataset:
                 positions = torch.cat([torch.arange(len(x["input_ids"])) for x in row])
                 batch["position_ids"][r, : len(positions)] = positions
         ordered = [x for row in rows for x in row]  # row-major, as the markers
-        # Text-only batches still get an empty tensor, so the model runs its vision modules (on a
-        # placeholder) on every rank and ZeRO-3 ranks stay in lockstep.
+        # Text-only batches still get an empty tensor, so the model runs its vision modules first (on a
+        # placeholder) on every rank and ZeRO-2/3 ranks stay in lockstep (LlavaMetaForCausalLM._in_lockstep).
         if self.feature_shape is not None:
             features = [x["image_features"] for x in ordered if "image_features" in x]
             batch["image_features"] = torch.cat(features) if features else torch.zeros(0, *self.feature_shape)

@@ -35,7 +35,7 @@ import transformers
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from llava.mm_utils import load_image, process_images
+from llava.mm_utils import MAX_IMAGE_PIXELS, ImageTooLarge, image_path_in_folder, load_image, process_images
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def _weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def key_parts(tower, image_processor, image_aspect_ratio: str | None) -> dict:
-    """Everything that decides the cached values, each part readable so a log can name what changed."""
+def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> dict:
+    """Everything that decides the cached values (and which images are refused), each part readable so a
+    log can name what changed."""
     config = {k: v for k, v in tower.config.to_dict().items() if k not in _CONFIG_NOISE}
     return {
         "format": FORMAT,
@@ -75,6 +76,7 @@ def key_parts(tower, image_processor, image_aspect_ratio: str | None) -> dict:
         "image_aspect_ratio": image_aspect_ratio or "square",
         "dtype": str(tower.dtype).removeprefix("torch."),
         "transformers": transformers.__version__,
+        "max_image_pixels": max_image_pixels,
     }
 
 
@@ -85,6 +87,10 @@ def cache_key(parts: dict) -> str:
 # -- reading -----------------------------------------------------------------------------------
 class UnreadableImage(ValueError):
     """An image the cache could not decode when it was built (the dataset reports it like a corrupt file)."""
+
+    def __init__(self, message: str, kind: str = "corrupt image"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class FeatureCache:
@@ -98,6 +104,7 @@ class FeatureCache:
         self.dtype = _DTYPES[self.index["dtype"]]
         self.rows: dict[str, int] = self.index["rows"]
         self.unreadable: dict[str, str] = self.index["unreadable"]
+        self.too_large: set[str] = set(self.index.get("too_large", ()))
         self._array = None  # opened on first use, in each data-loader worker
 
     def __getstate__(self):
@@ -122,7 +129,7 @@ class FeatureCache:
         for path in paths:
             key = _normalise(path)
             if key in self.unreadable:
-                raise UnreadableImage(self.unreadable[key])
+                raise UnreadableImage(self.unreadable[key], "image too large" if key in self.too_large else "corrupt image")
             if key not in self.rows:
                 raise KeyError(f"image {path} is not in the vision feature cache {self.directory}; "
                                "delete the cache folder to rebuild it")
@@ -139,8 +146,9 @@ def _normalise(path: str) -> str:
 class _PixelDataset(Dataset):
     """One image -> its pixels as the training dataset would make them (None if it cannot be read)."""
 
-    def __init__(self, paths, image_processor, image_aspect_ratio):
+    def __init__(self, paths, image_processor, image_aspect_ratio, max_image_pixels=MAX_IMAGE_PIXELS):
         self.paths = paths
+        self.max_image_pixels = max_image_pixels
         self.image_processor = image_processor
         self.config = types.SimpleNamespace(image_aspect_ratio=image_aspect_ratio)  # what process_images reads
 
@@ -149,9 +157,11 @@ class _PixelDataset(Dataset):
 
     def __getitem__(self, i):
         try:
-            image = load_image(self.paths[i])
+            image = load_image(self.paths[i], max_pixels=self.max_image_pixels)
+        except ImageTooLarge as e:
+            return i, None, (e.hint("--max_image_pixels"), True)
         except (OSError, ValueError) as e:
-            return i, None, f"image {self.paths[i]} cannot be read ({e})"
+            return i, None, (f"image {self.paths[i]} cannot be read ({e})", False)
         return i, process_images([image], self.image_processor, self.config)[0], None
 
 
@@ -190,19 +200,20 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
     storage = _NUMPY_STORAGE[tower.dtype]
     fd, tmp_features = tempfile.mkstemp(dir=directory, prefix=".features-", suffix=".npy.tmp")
     os.close(fd)
-    unreadable = {}
+    unreadable, too_large = {}, []
     was_training, previous_device = tower.training, tower.device
     tower.eval()
     if device is not None:
         tower.to(device)
     try:
         out = np.lib.format.open_memmap(tmp_features, mode="w+", dtype=storage, shape=shape)
-        loader = DataLoader(_PixelDataset(paths, image_processor, image_aspect_ratio), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=_collate)
+        pixels = _PixelDataset(paths, image_processor, image_aspect_ratio, parts.get("max_image_pixels", MAX_IMAGE_PIXELS))
+        loader = DataLoader(pixels, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
         with tqdm(total=len(paths), desc="vision feature cache", unit="img") as progress:
             for items in loader:
                 good = [(i, pixels) for i, pixels, _ in items if pixels is not None]
-                unreadable.update({_normalise(paths[i]): error for i, pixels, error in items if pixels is None})
+                unreadable.update({_normalise(paths[i]): error[0] for i, pixels, error in items if pixels is None})
+                too_large += [_normalise(paths[i]) for i, pixels, error in items if pixels is None and error[1]]
                 if good:
                     rows = [i for i, _ in good]
                     features = tower(torch.stack([p for _, p in good])).to("cpu")
@@ -225,7 +236,7 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
         "format": FORMAT, "key": key, "parts": parts, "features_file": features_file,
         "dtype": str(tower.dtype).removeprefix("torch."), "shape": list(shape),
         "rows": {_normalise(p): row for row, p in enumerate(paths) if _normalise(p) not in unreadable},
-        "unreadable": unreadable,
+        "unreadable": unreadable, "too_large": too_large,
     }
     _write_json_atomic(os.path.join(directory, INDEX), index)
     for name in os.listdir(directory):  # earlier generations, now unreferenced
@@ -241,6 +252,7 @@ def _write_json_atomic(path: str, value) -> None:
 
 
 def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, build_allowed: bool = True,
+           max_image_pixels: int | None = MAX_IMAGE_PIXELS,
            **build_kwargs) -> FeatureCache:
     """The cache in `directory` for these images and settings: reused when valid, else (re)built.
 
@@ -249,7 +261,7 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
     if tower.is_trainable:
         raise ValueError(NEEDS_FROZEN_TOWER)
     paths = sorted({_normalise(p) for p in paths})
-    parts = key_parts(tower, image_processor, image_aspect_ratio)
+    parts = key_parts(tower, image_processor, image_aspect_ratio, max_image_pixels)
     reason = _stale_reason(directory, parts, paths)
     if reason is None:
         logger.info("vision feature cache %s is up to date (%d images); reusing it", directory, len(paths))
@@ -279,17 +291,26 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help="images with more pixels are refused before decoding (as in training)")
+    parser.add_argument("--allow_outside_image_folder", action="store_true",
+                        help="accept absolute image paths and paths that climb out of --image_folder")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     tower = CLIPVisionTower(args.vision_tower, args.mm_vision_select_layer, args.mm_vision_select_feature)
     tower.load_model()
     tower.to(_DTYPES[args.dtype])
-    paths = [os.path.join(args.image_folder, p) for data in args.data_path
-             for record in read_records(data) if isinstance(record, dict) for p in image_paths(record)]
+    paths = [image_path_in_folder(args.image_folder, p, "--allow_outside_image_folder",
+                                  allow_outside=args.allow_outside_image_folder)
+             for data in args.data_path for record in read_records(data) if isinstance(record, dict)
+             for p in image_paths(record)]
     ensure(args.out, tower, tower.load_image_processor(), args.image_aspect_ratio, paths,
+           max_image_pixels=args.max_image_pixels or None,
            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
 
 
 if __name__ == "__main__":
-    main()
+    from llava.errors import run
+
+    run(main)

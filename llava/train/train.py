@@ -13,11 +13,13 @@ import torch
 import torch.distributed as dist
 import transformers
 
-from llava.train.arguments import parse_args, resolve_train_modules
+from llava import errors
+from llava.train.arguments import check_inputs, parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train import deepspeed_cpu, feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
+from llava.train.checkpoint import resolve_resume
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger("llava.train")
@@ -59,6 +61,8 @@ def build_data(data_args, training_args, tokenizer, model, template):
         image_tokens=tower.num_patches,
         mm_use_im_start_end=config.mm_use_im_start_end,
         skip_invalid=data_args.skip_invalid,
+        max_image_pixels=data_args.max_image_pixels or None,
+        allow_outside_image_folder=data_args.allow_outside_image_folder,
         # With a feature cache, samples are built only once the cache is attached.
         lazy=data_args.lazy_preprocess or bool(training_args.vision_feature_cache),
     )
@@ -70,7 +74,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
         image_tokens=tower.num_patches,
     )
     if training_args.vision_feature_cache:
-        cache = open_feature_cache(training_args, tower, image_processor, config, datasets)
+        cache = open_feature_cache(training_args, tower, image_processor, config, datasets, data_args.max_image_pixels)
         for dataset in datasets:
             dataset.feature_cache = cache
             if not data_args.lazy_preprocess:
@@ -82,13 +86,13 @@ def build_data(data_args, training_args, tokenizer, model, template):
     return train, evaluation, image_processor, collator
 
 
-def open_feature_cache(training_args, tower, image_processor, config, datasets):
+def open_feature_cache(training_args, tower, image_processor, config, datasets, max_image_pixels):
     """The tower-output cache for every image of `datasets`: the main process (re)builds it, the others wait."""
     paths = [path for dataset in datasets for path in dataset.image_files()]
     with training_args.main_process_first(desc="vision feature cache"):
         return feature_cache.ensure(
             training_args.vision_feature_cache, tower, image_processor, config.image_aspect_ratio, paths,
-            build_allowed=training_args.local_process_index == 0,
+            build_allowed=training_args.local_process_index == 0, max_image_pixels=max_image_pixels or None,
             num_workers=training_args.dataloader_num_workers, device=training_args.device,
         )
 
@@ -115,6 +119,7 @@ def summarize(datasets, training_args, result) -> None:
 
 def train(args=None, attn_implementation=None):
     model_args, data_args, training_args = parse_args(args)
+    check_inputs(model_args, data_args)
     if attn_implementation and not model_args.attn_implementation:
         model_args.attn_implementation = attn_implementation
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if training_args.should_log else logging.WARNING)
@@ -124,6 +129,11 @@ def train(args=None, attn_implementation=None):
     if training_args.packing and backbone.model_class.packing_unsupported:
         reason = backbone.model_class.packing_unsupported
         raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
+
+    resume = resolve_resume(
+        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir,
+        is_main=training_args.should_save,
+    )
 
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
@@ -144,7 +154,8 @@ def train(args=None, attn_implementation=None):
         save_mode=save_mode(modules),
         image_processor=image_processor,
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    errors.ranks_may_differ()  # from here a bad record may reach one rank only
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     summarize([("train", train_dataset), ("eval", eval_dataset)], training_args, result)
@@ -155,4 +166,4 @@ def train(args=None, attn_implementation=None):
 
 
 if __name__ == "__main__":
-    train(sys.argv[1:])
+    errors.run(train, sys.argv[1:], program="llava.train")

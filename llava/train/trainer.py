@@ -6,6 +6,7 @@ import logging
 import os
 
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llava.model.builder import load_non_lora_trainables
 from llava.model.llava_arch import load_projector_weights
@@ -21,6 +22,7 @@ class LLaVATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.save_mode = save_mode
         self.image_processor = image_processor
+        self._saving_checkpoint = False
 
     # -- data order --------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -83,6 +85,31 @@ class LLaVATrainer(Trainer):
                     self.processing_class.save_pretrained(output_dir)
         if self.args.should_save and self.image_processor is not None:
             self.image_processor.save_pretrained(output_dir)
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, checkpoint.PARTIAL) if self._saving_checkpoint else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint save, written into PARTIAL/checkpoint-N and renamed to checkpoint-N once every
+        rank has written its part: a save killed midway leaves no checkpoint-N that looks complete."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = os.path.join(run_dir, checkpoint.PARTIAL, name), os.path.join(run_dir, name)
+        limit = self.args.save_total_limit
+        self._saving_checkpoint, self.args.save_total_limit = True, None  # rotation waits for the rename
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint, self.args.save_total_limit = False, limit
+        self.accelerator.wait_for_everyone()  # every rank's DeepSpeed shards are on disk
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == staging:
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staging, checkpoint.TRAINER_STATE))
+            checkpoint.publish(staging, final)
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # Used when resuming without DeepSpeed (which restores its own engine state instead).
