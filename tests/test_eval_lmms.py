@@ -96,9 +96,10 @@ def test_adapter_runs_a_local_task_and_answers_as_model_vqa(checkpoint, tasks, t
 
     # The same questions through model_vqa give the same answers (same prompt, same greedy decoding).
     questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": d["question_id"], "image": d["image"], "text": d["question"]}) + "\n" for d in tasks["docs"]))
+    questions.write_text("".join(json.dumps({"question_id": d["question_id"], "image": os.path.basename(d["image"]),
+                                             "text": d["question"]}) + "\n" for d in tasks["docs"]))
     model_vqa.main(["--model-path", checkpoint, "--question-file", str(questions), "--answers-file", str(tmp_path / "a.jsonl"),
-                    "--max_new_tokens", "4"])
+                    "--image-folder", os.path.dirname(tasks["docs"][0]["image"]), "--max_new_tokens", "4"])
     ours = {a["question_id"]: a["text"].split("\n")[0] for a in read_jsonl(tmp_path / "a.jsonl")}
     assert _answers(samples, tasks) == ours
 
