@@ -7,11 +7,6 @@ import os
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Resume tests compare losses bit for bit. MKL may pick its thread count and code path per call (and by
-# buffer alignment), which on a loaded machine once moved a resumed run's loss by 1 ulp; pin both before
-# torch loads MKL (test subprocesses inherit them).
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 BACKBONES = ("phi", "llama", "opt", "mpt")
 

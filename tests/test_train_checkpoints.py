@@ -111,7 +111,19 @@ def test_a_save_killed_with_sigkill_leaves_no_checkpoint_and_the_same_command_re
     assert not (killed / checkpoint.PARTIAL).exists()
     assert sorted(p for p in os.listdir(killed) if p.startswith("checkpoint-")) == ["checkpoint-4", "checkpoint-6"]
     assert [e["step"] for e in log_history(killed) if "loss" in e] == [1, 2, 3, 4, 5, 6]
-    assert losses(killed) == losses(whole)  # bit for bit
+    assert_same_losses(losses(killed), losses(whole))
+
+
+def assert_same_losses(got, expected):
+    """Every step once, each loss equal to the uninterrupted run's within a few float32 ulps.
+
+    A resume that restores the wrong weights, optimizer moments, schedule or data order moves these losses
+    by 1e-3 or more; CPU reductions may round differently from one run to the next (seen in CI: step 5
+    off by 1 ulp, 9.729945 vs 9.729946, with step 6 equal again), so exact equality would be a flaky test.
+    """
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=0), (step, got, expected)
 
 
 # -- 2 DeepSpeed processes, ZeRO-3 ------------------------------------------------------------------
@@ -128,7 +140,7 @@ def deepspeed_command(tiny_llm, tiny_clip, demo_data, out, mode):
 
 
 @pytest.mark.slow
-def test_zero3_two_processes_killed_before_the_rename_resume_bit_identically(tiny_llm, tiny_clip, demo_data, tmp_path):
+def test_zero3_two_processes_killed_before_the_rename_resume_like_the_uninterrupted_run(tiny_llm, tiny_clip, demo_data, tmp_path):
     """LoRA under ZeRO-3 on 2 processes (full fine-tuning is the single-process kill test above)."""
     mode = "lora"
     out = tmp_path / "run"
@@ -149,4 +161,4 @@ def test_zero3_two_processes_killed_before_the_rename_resume_bit_identically(tin
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert f"resuming from {out / 'checkpoint-2'}" in log
-    assert losses(out) == uninterrupted  # steps 3 and 4 redone, bit for bit
+    assert_same_losses(losses(out), uninterrupted)  # steps 3 and 4 redone
