@@ -72,6 +72,7 @@ case "$PRESET" in
         MAX_STEPS="${MAX_STEPS:-1000}"
         SAVE_STEPS="${SAVE_STEPS:-500}"
         LR="${LR:-2e-3}"
+        ZERO="${ZERO:-2}"  # nothing to partition in a model this small; ZeRO-3 only adds gathers
         [[ "$ON_GPU" == 0 ]] && NUM_GPUS="${NUM_GPUS:-1}"
         # Tiny ops: a second thread only spin-waits (measured for scripts/demo.sh).
         export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -22,7 +22,8 @@ BLANK_TOLERANCE = 12  # points either side of it: 180 questions, and the model's
 
 @pytest.mark.slow
 def test_digits_are_read_from_the_image(tmp_path):
-    # The preset's tower (192 wide, 4 patches of 16 px) and a 2-layer LLM, built here so nothing lands in checkpoints/.
+    # The preset's tower width with 16-px patches (4 tokens, faster than its 16) and a 2-layer LLM, built here so
+    # nothing lands in checkpoints/.
     llm = save_tiny_llm("phi", str(tmp_path / "llm"), num_layers=2)
     tower = save_tiny_vision_tower(str(tmp_path / "clip"), hidden_size=192, patch_size=16)
     outcome = digits.run_dataset(
