@@ -41,9 +41,13 @@ ACCURACY_TARGET = ">= 90"
 def ablation_questions(questions_jsonl: str, image_folder: str, out_dir: str, mode: str) -> tuple[str, str]:
     """A question file (and its image folder) asking every question about a blank image or another image.
 
-    blank: one black image (no ink) of the first question's size and mode. shuffle: each question
-    gets the image of the next distinct held-out image, so no question keeps its own.
+    blank: one black image (no ink) of the first question's size and mode. shuffle: the held-out
+    images in a seeded random cycle, each question getting the next image's place in it, so no
+    question keeps its own image (a fixed "next file" would not do: MNIST-5k's images come in label
+    order, and neighbours mostly show the same digit).
     """
+    import random
+
     from PIL import Image
 
     with open(questions_jsonl) as f:
@@ -55,6 +59,7 @@ def ablation_questions(questions_jsonl: str, image_folder: str, out_dir: str, mo
         folder, swap = out_dir, {q["image"]: "blank.png" for q in questions}
     elif mode == "shuffle":
         images = sorted({q["image"] for q in questions})
+        random.Random(0).shuffle(images)
         folder, swap = image_folder, dict(zip(images, images[1:] + images[:1]))
     else:
         raise ValueError(f"ablation mode {mode!r}: choose blank or shuffle")
