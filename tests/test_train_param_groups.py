@@ -75,3 +75,41 @@ def test_negative_rate_is_refused(tiny_llm, tiny_clip, demo_data, tmp_path, flag
     with pytest.raises(ValueError, match=f"{flag} -1"):
         parse_args(["--model_name_or_path", tiny_llm("phi"), "--vision_tower", tiny_clip, "--data_path",
                     demo_data["finetune"], "--output_dir", str(tmp_path), flag, "-1"])
+
+
+@pytest.mark.slow
+def test_tower_rate_holds_under_zero3_through_the_launcher(tiny_llm, tiny_clip, demo_data, tmp_path):
+    """2 DeepSpeed processes, ZeRO-3 (finetune.sh's default): a tower at rate 0 comes back bit for bit, the LLM does not."""
+    import os
+    import subprocess
+
+    import torch
+    from transformers import AutoModelForCausalLM, CLIPVisionModel
+
+    from llava.model.builder import load_pretrained_model
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    env = {
+        **os.environ, "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
+        "DATA_DIR": os.path.dirname(demo_data["finetune"]), "IMAGE_FOLDER": demo_data["image_folder"],
+        "RUN_NAME": "groups", "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "100", "BATCH_SIZE": "2",
+        "NUM_GPUS": "2", "LR": "1e-2",
+        "EXTRA_ARGS": "--train_modules projector,llm,vision_tower --mm_vision_tower_lr 0 --warmup_steps 0",
+    }
+    proc = subprocess.run(["bash", os.path.join(repo, "scripts", "finetune.sh")], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ZeRO-3" in proc.stdout
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as saved:  # the tower is read back from the checkpoint
+        assert any("vision_tower" in key for key in saved.keys())
+    _, model, _, _ = load_pretrained_model(str(out), device="cpu")
+    original_tower = CLIPVisionModel.from_pretrained(tiny_clip).state_dict()
+    trained_tower = model.get_vision_tower().vision_tower.state_dict()
+    assert original_tower.keys() == trained_tower.keys()
+    for key, value in original_tower.items():
+        assert torch.equal(trained_tower[key], value), key
+    original_llm = AutoModelForCausalLM.from_pretrained(tiny_llm("phi")).get_input_embeddings().weight
+    assert not torch.equal(model.get_input_embeddings().weight, original_llm)
