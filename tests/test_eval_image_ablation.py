@@ -87,6 +87,9 @@ def test_bad_ablation_inputs_are_one_line_errors(checkpoint, questions, demo_dat
                                 [r for r in read_jsonl(questions) if r["image"] == read_jsonl(questions)[0]["image"]])
     with pytest.raises(SystemExit, match="shuffle needs questions with at least 2 distinct images.*has 1"):
         answer(checkpoint, one_image, demo_data, tmp_path / "a.jsonl", "--image-ablation", "shuffle")
+    with pytest.raises(SystemExit, match="one.jsonl: the shuffled-image condition needs questions with at least 2"):
+        image_ablation.main(["--model-path", checkpoint, "--question-file", one_image, "--annotation-file", "a.json",
+                             "--out-dir", str(tmp_path / "out")])
 
 
 def annotations_from(answers_file: str, path) -> str:

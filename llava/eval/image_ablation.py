@@ -101,7 +101,9 @@ def format_table(result: dict) -> str:
 
 def run_ablation(args) -> dict:
     questions = model_vqa.read_questions(args.question_file)
-    model_vqa.shuffled_images(questions)  # a file shuffle cannot run on fails before the model loads
+    if len({q["image"] for q in questions if q.get("image")}) < 2:  # fail before the model loads
+        raise ValueError(f"--question-file {args.question_file}: the shuffled-image condition needs questions with at "
+                         "least 2 distinct images to swap between")
     annotations = eval_okvqa.load_annotations(args.annotation_file)
     question_ids = {eval_okvqa._key(q["question_id"]) for q in questions}
     categories = question_categories(questions)
