@@ -24,6 +24,7 @@ import random
 import time
 import uuid
 
+from PIL import Image
 from tqdm import tqdm
 
 from llava import errors
@@ -32,7 +33,6 @@ from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, processor_mean_color,
     tokenizer_image_tokens,
 )
-from PIL import Image
 
 logger = logging.getLogger(__name__)
 
