@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end demo on a CPU, no arguments needed: tiny offline checkpoints + generated shapes data
 # -> stage 1 (scripts/pretrain.sh) -> stage 2 (scripts/finetune.sh) -> model_vqa on the held-out
-# questions -> VQA accuracy, printed beside the majority-answer baseline, with wall time per stage.
+# questions -> VQA accuracy, printed beside the majority-answer baseline, with wall time per stage,
+# and the image ablation (llava.eval.image_ablation: the same questions with blank and shuffled images,
+# which tells whether the model looks at the image at all).
 #
 # The LLM and the CLIP tower are random-init (no weights exist offline), so unlike official LLaVA
 # the first stage trains them too: captioning ("A red circle.") is where the tower learns to see
@@ -70,6 +72,7 @@ DATA="$DEMO_DIR/data"
 STAGE1="$DEMO_DIR/llava-$BACKBONE-demo-pretrain"
 STAGE2="$DEMO_DIR/llava-$BACKBONE-demo-finetune"
 ANSWERS="$DEMO_DIR/answers.jsonl"
+ABLATION="$DEMO_DIR/ablation"
 mkdir -p "$DEMO_DIR"
 export TOKENIZERS_PARALLELISM=false
 
@@ -119,9 +122,13 @@ finetune() {
 }
 
 evaluate() {
+    # model_vqa three times on one loaded model: real, blank and shuffled images; the real run's
+    # answers are the demo's answers file.
     rm -f "$ANSWERS"
-    python -m llava.eval.model_vqa --model-path "$STAGE2" --question-file "$DATA/eval_questions.jsonl" \
-        --image-folder "$DATA/images" --answers-file "$ANSWERS" --batch-size "$EVAL_BATCH" --max_new_tokens 8
+    python -m llava.eval.image_ablation --model-path "$STAGE2" --question-file "$DATA/eval_questions.jsonl" \
+        --image-folder "$DATA/images" --annotation-file "$DATA/eval_annotations.json" --out-dir "$ABLATION" \
+        --batch-size "$EVAL_BATCH" --max_new_tokens 8
+    cp "$ABLATION/answers-real.jsonl" "$ANSWERS"
 }
 
 score() {
@@ -145,4 +152,5 @@ for name in "${STAGES[@]}"; do
     printf '  %-20s %5d s\n' "$name" "${STAGE_SECONDS[$name]}"
 done
 printf '  %-20s %5d s\n' "total" "$((SECONDS - total_start))"
-echo "checkpoint: $STAGE2   answers: $ANSWERS   scores: $DEMO_DIR/scores.json"
+cat "$ABLATION/ablation.txt"
+echo "checkpoint: $STAGE2   answers: $ANSWERS   scores: $DEMO_DIR/scores.json   ablation: $ABLATION/ablation.json"

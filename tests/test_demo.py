@@ -44,3 +44,11 @@ def test_demo_quick_runs_every_stage_and_prints_the_summary(tmp_path):
     assert sorted(a["question_id"] for a in answers) == sorted(q["question_id"] for q in questions)
     scores = json.load(open(out / "scores.json"))
     assert abs(scores["overall"] - float(accuracy.group(1))) < 0.01
+
+    # The image ablation table closes the summary: real accuracy is the score above, blank and shuffled beside it.
+    ablation = json.load(open(out / "ablation" / "ablation.json"))
+    assert ablation["conditions"]["real"]["overall"] == scores["overall"]
+    assert set(ablation["conditions"]) == {"real", "blank", "shuffled"}
+    row = re.search(r"^\s+overall\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)$", summary, re.M)
+    assert row and float(row.group(1)) == scores["overall"], summary
+    assert ablation["verdict"] in summary

@@ -19,7 +19,7 @@ from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train.train import train
 
 from test_feature_cache import dataset, tiny_model
-from test_train_run import REPO, losses
+from test_train_run import REPO, log_history, losses
 
 
 def trace(model, batch) -> tuple[list[str], list[str]]:
@@ -152,3 +152,16 @@ def test_two_ranks_with_different_modalities_train_like_one_process(
     assert expected[len(STEPS)] < expected[1] - 0.3  # it learns, so a wrong gradient would show
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-5), (step, got, expected)
+
+    # The training monitors (llava/train/monitors.py) sum over ranks: the same numbers as one process,
+    # feature RMS and spread, and each group's gradient norm from ZeRO-2/3 partitions.
+    def monitors(out):
+        return {e["step"]: {k: v for k, v in e.items() if k.startswith(("monitor/", "grad_norm/"))}
+                for e in log_history(out) if "loss" in e}
+
+    one, two = monitors(single), monitors(out)
+    for step, values in one.items():
+        assert set(two[step]) == set(values), (step, two[step], values)
+        assert two[step] == pytest.approx(values, rel=1e-4), (step, two[step], values)
+    assert any("monitor/image_spread" in v for v in one.values()) and "grad_norm/projector" in one[1]
+    assert ("grad_norm/vision_tower" in one[1]) == ("vision_tower" in " ".join(extra))

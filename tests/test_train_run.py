@@ -81,6 +81,10 @@ def test_lora_eval_loss_checkpoints_and_merge(base_args, demo_data, tiny_llm, tm
          "--eval_data_path", demo_data["finetune"], "--eval_strategy", "steps", "--eval_steps", "2")
     evals = [e["eval_loss"] for e in log_history(out) if "eval_loss" in e]
     assert len(evals) >= 2 and all(v > 0 for v in evals)
+    # Training monitors under LoRA: the adapters are the LLM group, the projector trains, the tower does not.
+    trained = [e for e in log_history(out) if "loss" in e]
+    assert all(e["grad_norm/llm"] > 0 and e["grad_norm/projector"] > 0 and e["monitor/image_text_rms_ratio"] > 0
+               and "grad_norm/vision_tower" not in e for e in trained)
     for path in (out / "checkpoint-2", out):
         assert checkpoint_kind(str(path)) == "lora"
         non_lora = torch.load(path / "non_lora_trainables.bin", weights_only=True)
@@ -120,6 +124,7 @@ def test_qlora_4bit(base_args, demo_data, tiny_llm, tmp_path):
     lora(base_args, demo_data, out, "--bits", "4", "--max_steps", "3", "--save_steps", "3")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 8
+    assert all(e["grad_norm/llm"] > 0 and e["monitor/image_rms"] > 0 for e in log_history(out) if "loss" in e)
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     _, model, _, _ = load_pretrained_model(str(out), device="cpu", load_4bit=True)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

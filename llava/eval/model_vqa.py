@@ -7,6 +7,10 @@
 Questions JSONL: `question_id, image, text[, category]`. Answers JSONL (one line per question):
 `question_id, prompt, text, answer_id, model_id, metadata`. Question ids already in the answers
 file are skipped, so an interrupted run continues where it stopped.
+
+`--image-ablation blank|shuffle` asks the same questions without their images (a uniform image of the
+same size) or with another question's image, and records which in each answer's `metadata`; scored
+against the real run it shows whether the model looks at the image (`llava.eval.image_ablation`).
 """
 
 from __future__ import annotations
@@ -16,16 +20,70 @@ import json
 import logging
 import math
 import os
+import random
 import time
 import uuid
 
+from PIL import Image
 from tqdm import tqdm
 
 from llava import errors
 from llava.eval.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
-from llava.mm_utils import MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, tokenizer_image_tokens
+from llava.mm_utils import (
+    MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, processor_mean_color,
+    tokenizer_image_tokens,
+)
 
 logger = logging.getLogger(__name__)
+
+ABLATIONS = ("none", "blank", "shuffle")
+
+
+# -- image ablation ------------------------------------------------------------------------------
+def shuffled_images(questions: list[dict], seed: int = 0) -> dict[str, str]:
+    """A fixed derangement of the questions' distinct images: image -> the image shown instead.
+
+    The distinct images are put in a seeded random order and each is replaced by the next one in
+    it (the last by the first): one cycle through all of them, so no image is shown in its own place,
+    and the map depends only on the set of images and the seed (every chunk of a split run derives it
+    from the whole question file and gets the same map).
+    """
+    images = sorted({q["image"] for q in questions if q.get("image")})
+    if len(images) < 2:
+        raise ValueError(
+            f"--image-ablation shuffle needs questions with at least 2 distinct images to swap between; "
+            f"the question file has {len(images)}"
+        )
+    order = images[:]
+    random.Random(seed).shuffle(order)
+    return {image: order[(i + 1) % len(order)] for i, image in enumerate(order)}
+
+
+def blank_image(image: Image.Image, image_processor) -> Image.Image:
+    """A uniform image of `image`'s size in the image processor's mean colour.
+
+    Mean grey rather than black or white: normalised by the processor it becomes (almost exactly)
+    zero in every channel, the input that carries no signal, and the colour 'pad' aspect-ratio
+    padding already uses, so the model sees no content but nothing out of its training range.
+    """
+    return Image.new("RGB", image.size, processor_mean_color(image_processor))
+
+
+def check_answers_ablation(path: str, ablation: str) -> None:
+    """Refuse to resume an answers file written under another --image-ablation (a mixed file scores as neither)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                found = (json.loads(line).get("metadata") or {}).get("image_ablation", "none")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if found != ablation:
+                raise ValueError(
+                    f"{path}:{line_no} was answered with --image-ablation {found}, this run uses {ablation}; "
+                    "give another --answers-file (or delete this one) so conditions do not mix"
+                )
 
 
 def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
@@ -109,16 +167,25 @@ def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool,
     return kept
 
 
-def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> list:
+def prepare_batch(
+    engine: InferenceEngine, batch: list[dict], image_folder: str, max_pixels: int | None = MAX_IMAGE_PIXELS,
+    ablation: str = "none", shown: dict[str, str] | None = None,
+) -> list:
     """Prompts and pixels for a batch of questions: the batch's images go through the image processor in one
-    call, its prompts through the tokenizer in one call."""
+    call, its prompts through the tokenizer in one call.
+
+    `ablation` 'blank' replaces each image by `blank_image`; 'shuffle' loads `shown[image]` instead
+    (`shuffled_images`)."""
     loaded = []
     for q in batch:
+        name = (shown or {}).get(q.get("image"), q.get("image")) if ablation == "shuffle" else q.get("image")
         try:
-            image = load_image(os.path.join(image_folder, q["image"]), max_pixels=max_pixels) if q.get("image") else None
+            image = load_image(os.path.join(image_folder, name), max_pixels=max_pixels) if name else None
         except (OSError, ValueError) as exc:
             reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else exc
             raise ValueError(f"question {q['question_id']!r}: {reason}") from exc
+        if image is not None and ablation == "blank":
+            image = blank_image(image, engine.image_processor)
         loaded.append(image)
     present = [image for image in loaded if image is not None]
     pixels = iter(engine.process_images(present) if present else [])
@@ -136,16 +203,23 @@ def prepare_batch(engine: InferenceEngine, batch: list[dict], image_folder: str,
     return prepared
 
 
-def eval_model(args) -> dict:
-    chunk = get_chunk(read_questions(args.question_file), args.num_chunks, args.chunk_idx)
+def eval_model(args, engine: InferenceEngine | None = None) -> dict:
+    """Answer the questions of `args`; `engine`: a model already loaded (llava.eval.image_ablation reuses one)."""
+    ablation = getattr(args, "image_ablation", "none")
+    every = read_questions(args.question_file)
+    # From the whole file, before chunking: every chunk of a split run shows the same swapped images.
+    shown = shuffled_images(every, args.ablation_seed) if ablation == "shuffle" else None
+    chunk = get_chunk(every, args.num_chunks, args.chunk_idx)
     questions = resolve_images(chunk, args.image_folder, args.skip_missing_images, args.allow_outside_image_folder)
     skipped_missing = len(chunk) - len(questions)
+    check_answers_ablation(args.answers_file, ablation)
     done = answered_ids(args.answers_file)
     todo = [q for q in questions if q["question_id"] not in done]
 
-    engine = InferenceEngine.from_pretrained(
-        args.model_path, args.model_base, args.conv_mode, load_4bit=args.load_4bit, load_8bit=args.load_8bit
-    )
+    if engine is None:
+        engine = InferenceEngine.from_pretrained(
+            args.model_path, args.model_base, args.conv_mode, load_4bit=args.load_4bit, load_8bit=args.load_8bit
+        )
     model_id = get_model_name_from_path(args.model_path)
     settings = GenerationSettings(args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
 
@@ -155,21 +229,26 @@ def eval_model(args) -> dict:
     with open(args.answers_file, "a") as out, tqdm(total=len(todo), desc="model_vqa", unit="q") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i : i + args.batch_size]
-            answers = engine.generate(prepare_batch(engine, batch, args.image_folder, args.max_image_pixels or None), settings)
+            prepared = prepare_batch(engine, batch, args.image_folder, args.max_image_pixels or None, ablation, shown)
+            answers = engine.generate(prepared, settings)
             for q, answer in zip(batch, answers):
+                metadata = {"image_ablation": ablation}
+                if ablation == "shuffle" and q.get("image"):
+                    metadata["image_shown"] = shown[q["image"]]
                 record = {
                     "question_id": q["question_id"],
                     "prompt": q["text"],
                     "text": answer,
                     "answer_id": uuid.uuid4().hex,
                     "model_id": model_id,
-                    "metadata": {},
+                    "metadata": metadata,
                 }
                 out.write(json.dumps(record) + "\n")
             out.flush()  # each finished batch survives an interruption
             bar.update(len(batch))
     elapsed = time.perf_counter() - start
     summary = {
+        "image_ablation": ablation,
         "answered": len(todo),
         "already_done": len(questions) - len(todo),
         "skipped_missing_image": skipped_missing,
@@ -181,20 +260,18 @@ def eval_model(args) -> dict:
         f"({summary['questions_per_second'] or 0:.2f} q/s, batch size {args.batch_size}); "
         f"{summary['already_done']} already in {args.answers_file}; "
         f"{summary['skipped_missing_image']} skipped for missing images"
+        + ("" if ablation == "none" else f"; image ablation: {ablation}")
     )
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Loading, decoding and image flags, shared with llava.eval.image_ablation."""
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
     parser.add_argument("--image-folder", default="")
     parser.add_argument("--question-file", required=True)
-    parser.add_argument("--answers-file", required=True)
     parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
-    parser.add_argument("--num-chunks", type=int, default=1)
-    parser.add_argument("--chunk-idx", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--num_beams", type=int, default=1)
@@ -209,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse images with more pixels than this before decoding them (0: no limit)")
     parser.add_argument("--allow-outside-image-folder", action="store_true",
                         help="accept image paths that are absolute or climb out of --image-folder with '..'")
+    parser.add_argument("--ablation-seed", type=int, default=0, help="seed of --image-ablation shuffle's derangement")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(parser)
+    parser.add_argument("--answers-file", required=True)
+    parser.add_argument("--num-chunks", type=int, default=1)
+    parser.add_argument("--chunk-idx", type=int, default=0)
+    parser.add_argument(
+        "--image-ablation", choices=ABLATIONS, default="none",
+        help="none: the questions' images; blank: a uniform mean-grey image of the same size instead; shuffle: "
+             "another question's image (a fixed, seeded derangement of the file's distinct images)",
+    )
     return parser
 
 

@@ -30,6 +30,11 @@ class ModelArguments:
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "stage-1 mm_projector.bin"})
     mm_use_im_start_end: bool = field(default=False)
     mm_use_im_patch_token: bool = field(default=False)
+    mm_monitors: bool = field(
+        default=True,
+        metadata={"help": "log image/text feature RMS, their ratio, the image spread and per-group gradient norms "
+                  "every --logging_steps (llava/train/monitors.py; docs/training.md, Reading the monitors)"},
+    )
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "stage 1: train the projector only"})
     freeze_backbone: bool = field(default=False, metadata={"help": "keep the LLM frozen (drops 'llm')"})
     train_modules: str | None = field(

@@ -20,6 +20,7 @@ from llava.train import deepspeed_cpu, feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
 from llava.train.checkpoint import resolve_resume
+from llava.train.monitors import TrainingMonitors
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger("llava.train")
@@ -154,6 +155,8 @@ def train(args=None, attn_implementation=None):
         save_mode=save_mode(modules),
         image_processor=image_processor,
     )
+    if model_args.mm_monitors:
+        trainer.add_callback(TrainingMonitors(trainer))
     errors.ranks_may_differ()  # from here a bad record may reach one rank only
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()

@@ -80,6 +80,15 @@ class LLaVATrainer(Trainer):
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         return self.optimizer
 
+    # -- logs --------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Callbacks that measure something (llava.train.monitors) add it before the line is recorded, so the
+        # console, log_history and every --report_to integration get the same numbers.
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "add_to_logs"):
+                callback.add_to_logs(logs)
+        super().log(logs, start_time)
+
     # -- checkpoints -------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir
