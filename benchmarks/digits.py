@@ -5,7 +5,8 @@ not tuned on), end to end as a user would:
     convert   python -m llava.data.digits --source ... --out WORK/<dataset>/data
     train     PRESET=scratch bash scripts/finetune.sh   (tiny random-init LLM + frozen random CLIP)
     eval      python -m llava.eval.model_vqa on the held-out questions, three times: the real images,
-              one blank image for every question, and the images shuffled across questions
+              --image-ablation blank (a uniform image) and --image-ablation shuffle (another
+              question's image)
 and prints held-out VQA accuracy (official scorer) for each, beside the majority-answer baseline
 (the question alone), per question type, with the wall time of every stage. If the model reads
 the image, real is far above the baseline and blank / shuffled fall to about it.
@@ -36,38 +37,6 @@ DATASETS = {
     "mnist5k": dict(num_eval=500),
 }
 ACCURACY_TARGET = ">= 90"
-
-
-def ablation_questions(questions_jsonl: str, image_folder: str, out_dir: str, mode: str) -> tuple[str, str]:
-    """A question file (and its image folder) asking every question about a blank image or another image.
-
-    blank: one black image (no ink) of the first question's size and mode. shuffle: the held-out
-    images in a seeded random cycle, each question getting the next image's place in it, so no
-    question keeps its own image (a fixed "next file" would not do: MNIST-5k's images come in label
-    order, and neighbours mostly show the same digit).
-    """
-    import random
-
-    from PIL import Image
-
-    with open(questions_jsonl) as f:
-        questions = [json.loads(line) for line in f]
-    os.makedirs(out_dir, exist_ok=True)
-    if mode == "blank":
-        first = Image.open(os.path.join(image_folder, questions[0]["image"]))
-        Image.new(first.mode, first.size, 0).save(os.path.join(out_dir, "blank.png"))
-        folder, swap = out_dir, {q["image"]: "blank.png" for q in questions}
-    elif mode == "shuffle":
-        images = sorted({q["image"] for q in questions})
-        random.Random(0).shuffle(images)
-        folder, swap = image_folder, dict(zip(images, images[1:] + images[:1]))
-    else:
-        raise ValueError(f"ablation mode {mode!r}: choose blank or shuffle")
-    path = os.path.join(out_dir, f"questions_{mode}.jsonl")
-    with open(path, "w") as f:
-        for q in questions:
-            f.write(json.dumps({**q, "image": swap[q["image"]]}) + "\n")
-    return path, folder
 
 
 def score(answers: str, paths: dict) -> dict:
@@ -113,15 +82,14 @@ def run_dataset(dataset: str, work: str, log=print, steps: int | None = None, nu
 
     results, eval_seconds = {}, 0.0
     for mode in modes:
-        questions, folder = paths["eval_questions_jsonl"], paths["image_folder"]
-        if mode != "real":
-            questions, folder = ablation_questions(questions, folder, os.path.join(root, "ablation"), mode)
         answers = os.path.join(root, f"answers_{mode}.jsonl")
         if os.path.exists(answers):
             os.remove(answers)  # model_vqa resumes a partial file; this is a fresh model
+        ablation = ["--image-ablation", mode] if mode != "real" else []
         eval_seconds += _run([sys.executable, "-m", "llava.eval.model_vqa", "--model-path", checkpoint,
-                              "--question-file", questions, "--image-folder", folder, "--answers-file", answers,
-                              "--batch-size", "64", "--max_new_tokens", "4"], env, log_path, log)
+                              "--question-file", paths["eval_questions_jsonl"], "--image-folder", paths["image_folder"],
+                              "--answers-file", answers, "--batch-size", "64", "--max_new_tokens", "4", *ablation],
+                             env, log_path, log)
         results[mode] = score(answers, paths)
         log(f"[digits] {dataset}: {mode} {results[mode]['overall']:.1f} %")
     seconds["eval"] = eval_seconds
