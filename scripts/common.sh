@@ -35,8 +35,9 @@
 #                   the vision tower stays frozen (a random-init tower trained with the LLM collapses
 #                   every image onto one feature within ~10 steps and the model answers from the question
 #                   alone), projector + LLM train at 2e-3 with 100 warm-up steps and then a constant
-#                   rate (a decaying rate ends before the LLM has found the image), batch 32, 1,000 steps,
-#                   one process, no gradient checkpointing; the default tiny checkpoints become a 4-layer
+#                   rate (the LLM finds the image only after a few hundred steps; scripts/demo.sh saw a
+#                   cosine decay keep a question at chance), batch 32, 1,000 steps,
+#                   one process, ZeRO-2, no gradient checkpointing; the default tiny checkpoints become a 4-layer
 #                   LLM and a 192-wide CLIP with 16 patches of 8 px (checkpoints/tiny-*-scratch).
 #                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data);
 #                   reasoning and measurements: docs/training.md, "Training small models from scratch".
