@@ -36,7 +36,7 @@
 #                   every image onto one feature within ~10 steps and the model answers from the question
 #                   alone), projector + LLM train at 2e-3 with 100 warm-up steps and then a constant
 #                   rate (the LLM finds the image only after a few hundred steps; scripts/demo.sh saw a
-#                   cosine decay keep a question at chance), batch 32, 1,000 steps,
+#                   cosine decay keep a question at chance), batch 32, 2,000 steps,
 #                   one process, ZeRO-2, no gradient checkpointing; the default tiny checkpoints become a 4-layer
 #                   LLM and a 192-wide CLIP with 16 patches of 8 px (checkpoints/tiny-*-scratch).
 #                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data);
@@ -70,8 +70,8 @@ case "$PRESET" in
         TINY_LLM_ARGS=(--layers 4)
         TINY_TOWER_ARGS=(--hidden-size 192 --patch-size 8)
         BATCH_SIZE="${BATCH_SIZE:-32}"
-        MAX_STEPS="${MAX_STEPS:-1000}"
-        SAVE_STEPS="${SAVE_STEPS:-500}"
+        MAX_STEPS="${MAX_STEPS:-2000}"
+        SAVE_STEPS="${SAVE_STEPS:-1000}"
         LR="${LR:-2e-3}"
         ZERO="${ZERO:-2}"  # nothing to partition in a model this small; ZeRO-3 only adds gathers
         [[ "$ON_GPU" == 0 ]] && NUM_GPUS="${NUM_GPUS:-1}"
