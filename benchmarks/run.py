@@ -2,6 +2,7 @@
 
     python -m benchmarks.run --suite cpu [--only train_step,model_vqa_batch] [--repeats 3] [--json PATH]
     python -m benchmarks.run --suite gpu
+    python -m benchmarks.run --suite learning     # digits + MNIST-5k trained from scratch (~20 min on 2 CPU cores)
 
 Each benchmark is a module `benchmarks/<name>.py` with `run(suite, repeats) -> rows` (row format:
 benchmarks/common.py). Modules are imported only when their turn comes, so a benchmark whose
@@ -23,6 +24,8 @@ from benchmarks.common import check_row, format_table, machine_info, machine_lin
 SUITES = {
     "cpu": ("train_step", "model_vqa_batch", "scaling", "length_mix", "feature_cache"),
     "gpu": ("gpu",),
+    # Full training runs through the launchers (minutes each): accuracy on public data, not speed.
+    "learning": ("digits",),
 }
 
 

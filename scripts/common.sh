@@ -29,6 +29,18 @@
 #   MODEL_MAX_LENGTH  sequence limit, image patches included (default: 2048)
 #   SAVE_STEPS      checkpoint-N every N steps (default: 50 on GPU, 6 on CPU)
 #   EXTRA_ARGS      more llava.train.train flags, appended last (e.g. "--report_to wandb")
+#   PRESET          scratch: a recipe for small data and models trained from scratch (no pretrained
+#                   weights), such as the tiny offline checkpoints on a CPU. Changes the defaults above
+#                   (each variable set explicitly still wins) and adds the flags in SCRATCH_ARGS below:
+#                   the vision tower stays frozen (a random-init tower trained with the LLM collapses
+#                   every image onto one feature within ~10 steps and the model answers from the question
+#                   alone), projector + LLM train at 2e-3 with 100 warm-up steps and then a constant
+#                   rate (the LLM finds the image only after a few hundred steps; scripts/demo.sh saw a
+#                   cosine decay keep a question at chance), batch 32, 2,000 steps,
+#                   one process, ZeRO-2, no gradient checkpointing; the default tiny checkpoints become a 4-layer
+#                   LLM and a 192-wide CLIP with 16 patches of 8 px (checkpoints/tiny-*-scratch).
+#                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data);
+#                   reasoning and measurements: docs/training.md, "Training small models from scratch".
 
 set -euo pipefail
 
@@ -44,8 +56,35 @@ else
 fi
 
 BACKBONE="${BACKBONE:-phi}"
+PRESET="${PRESET:-}"
 DEFAULT_MODEL="checkpoints/tiny-$BACKBONE"
 DEFAULT_TOWER="checkpoints/tiny-clip"
+TINY_LLM_ARGS=()
+TINY_TOWER_ARGS=()
+SCRATCH_ARGS=()
+case "$PRESET" in
+    "") ;;
+    scratch)
+        DEFAULT_MODEL="checkpoints/tiny-$BACKBONE-scratch"
+        DEFAULT_TOWER="checkpoints/tiny-clip-scratch"
+        TINY_LLM_ARGS=(--layers 4)
+        TINY_TOWER_ARGS=(--hidden-size 192 --patch-size 8)
+        BATCH_SIZE="${BATCH_SIZE:-32}"
+        MAX_STEPS="${MAX_STEPS:-2000}"
+        SAVE_STEPS="${SAVE_STEPS:-1000}"
+        LR="${LR:-2e-3}"
+        ZERO="${ZERO:-2}"  # nothing to partition in a model this small; ZeRO-3 only adds gathers
+        [[ "$ON_GPU" == 0 ]] && NUM_GPUS="${NUM_GPUS:-1}"
+        # Tiny ops: a second thread only spin-waits (measured for scripts/demo.sh).
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+        SCRATCH_ARGS=(
+            --train_modules projector,llm
+            --lr_scheduler_type constant_with_warmup --warmup_steps 100
+            --gradient_checkpointing False --group_by_modality_length False
+        )
+        ;;
+    *) echo "PRESET=$PRESET: unknown preset; use PRESET=scratch or leave it unset" >&2; exit 2 ;;
+esac
 DEFAULT_DATA="playground/data/demo"
 MODEL_PATH="${MODEL_PATH:-$DEFAULT_MODEL}"
 VISION_TOWER="${VISION_TOWER:-$DEFAULT_TOWER}"
@@ -107,11 +146,11 @@ STAGE2_ARGS=(
 ensure_assets() {
     if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -e "$MODEL_PATH/config.json" ]]; then
         echo "== creating tiny $BACKBONE LLM in $MODEL_PATH"
-        python -m llava.model.tiny --backbone "$BACKBONE" --out "$MODEL_PATH"
+        python -m llava.model.tiny --backbone "$BACKBONE" --out "$MODEL_PATH" "${TINY_LLM_ARGS[@]}"
     fi
     if [[ "$VISION_TOWER" == "$DEFAULT_TOWER" && ! -e "$VISION_TOWER/config.json" ]]; then
         echo "== creating tiny CLIP vision tower in $VISION_TOWER"
-        python -m llava.model.tiny --vision --out "$VISION_TOWER"
+        python -m llava.model.tiny --vision --out "$VISION_TOWER" "${TINY_TOWER_ARGS[@]}"
     fi
     if [[ "$DATA_DIR" == "$DEFAULT_DATA" && ! -e "$DATA_DIR/finetune.json" ]]; then
         echo "== generating the demo dataset in $DATA_DIR"
@@ -158,6 +197,7 @@ llava_train() {
         "${DEVICE_ARGS[@]}" \
         "${eval_args[@]}" \
         "$@" \
+        "${SCRATCH_ARGS[@]}" \
         $EXTRA_ARGS
     echo "== done in $((SECONDS - start)) s: checkpoint in $output_dir"
     if [[ "${PLUMBING_RUN:-0}" == 1 ]]; then

@@ -93,6 +93,11 @@ class TrainingArguments(transformers.TrainingArguments):
                   "gradients as unpacked; phi and llama backbones"},
     )
     mm_projector_lr: float | None = field(default=None, metadata={"help": "projector learning rate (default: --learning_rate)"})
+    mm_vision_tower_lr: float | None = field(
+        default=None,
+        metadata={"help": "vision tower learning rate when it trains (default: --learning_rate); a random-init "
+                  "tower trained at the LLM's rate collapses its images onto one feature (docs/training.md)"},
+    )
     label_logits_only: bool = field(
         default=True,
         metadata={"help": "apply the LM head only where an answer token is predicted (same loss, far less "
@@ -132,6 +137,10 @@ class TrainingArguments(transformers.TrainingArguments):
                 "--group_by_modality_length and --train_sampling_strategy group_by_length are two ways of "
                 "grouping by length; pass one"
             )
+        for flag in ("mm_projector_lr", "mm_vision_tower_lr"):
+            value = getattr(self, flag)
+            if value is not None and value < 0:
+                raise ValueError(f"--{flag} {value}: give a learning rate >= 0")
         if self.use_cpu and self.fp16:
             raise ValueError("--fp16 is not supported on the CPU; use --bf16 True or full precision")
         super().__post_init__()

@@ -16,6 +16,15 @@ from llava.train.sampler import ModalityLengthGroupedSampler, TokenLengthGrouped
 logger = logging.getLogger(__name__)
 
 
+def param_module(name: str) -> str:
+    """'projector', 'vision_tower' or 'llm' for a parameter name (plain, DeepSpeed or peft-wrapped)."""
+    if checkpoint.MM_PROJECTOR in name:
+        return "projector"
+    if "vision_tower" in name:
+        return "vision_tower"
+    return "llm"
+
+
 class LLaVATrainer(Trainer):
     def __init__(self, *args, save_mode: str = "full", image_processor=None, **kwargs):
         """`save_mode`: 'projector' (stage 1), 'lora' or 'full' (see llava.train.checkpoint)."""
@@ -46,21 +55,25 @@ class LLaVATrainer(Trainer):
 
     # -- optimizer ---------------------------------------------------------------------------
     def create_optimizer(self, model=None):
-        if self.args.mm_projector_lr is None or self.optimizer is not None:
+        """HF's optimizer, with the projector and the vision tower in groups of their own when
+        --mm_projector_lr / --mm_vision_tower_lr are given (official LLaVA's and LLaVA-NeXT's flags)."""
+        if self.optimizer is not None or (self.args.mm_projector_lr is None and self.args.mm_vision_tower_lr is None):
             return super().create_optimizer(model)
         model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(model))
+        module_lr = {"projector": self.args.mm_projector_lr, "vision_tower": self.args.mm_vision_tower_lr}
         groups = {}
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            is_projector = checkpoint.MM_PROJECTOR in name
-            key = (is_projector, name in decay)
+            module = param_module(name)
+            lr = module_lr.get(module)
+            key = (module if lr is not None else "rest", name in decay)
             if key not in groups:
                 groups[key] = {
                     "params": [],
                     "weight_decay": self.args.weight_decay if name in decay else 0.0,
-                    **({"lr": self.args.mm_projector_lr} if is_projector else {}),
+                    **({"lr": lr} if lr is not None else {}),
                 }
             groups[key]["params"].append(param)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
