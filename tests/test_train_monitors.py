@@ -59,7 +59,7 @@ def test_group_grad_norms_split_projector_tower_and_llm_and_skip_frozen_groups()
                                    "grad_norm/llm": 3 * math.sqrt(6)})
     model["vision_tower"].requires_grad_(False)
     assert "grad_norm/vision_tower" not in monitors.group_grad_norms(model.named_parameters())
-    assert monitors.param_group("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight") == "llm"
+    assert monitors.param_module("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight") == "llm"
 
 
 def run(base_args, demo_data, out, *extra):

@@ -6,7 +6,8 @@ import pytest
 
 from llava.train.arguments import parse_args, resolve_train_modules
 from llava.train.recipes import build_model
-from llava.train.trainer import LLaVATrainer, param_module
+from llava.train.monitors import param_module
+from llava.train.trainer import LLaVATrainer
 
 
 def optimizer_for(tiny_llm, tiny_clip, demo_data, tmp_path, *extra):

@@ -42,8 +42,9 @@ SPREAD_LIMIT = 1e-3
 DOC = "docs/training.md, 'Reading the monitors'"
 
 
-def param_group(name: str) -> str:
-    """'projector', 'vision_tower' or 'llm' for a parameter name (peft prefixes included)."""
+def param_module(name: str) -> str:
+    """'projector', 'vision_tower' or 'llm' for a parameter name (plain, DeepSpeed or peft-wrapped): the
+    groups monitored here and the ones --mm_projector_lr / --mm_vision_tower_lr give a rate of their own."""
     if "mm_projector" in name:
         return "projector"
     if "vision_tower" in name:
@@ -130,7 +131,7 @@ def group_grad_norms(named_params, deepspeed: bool = False, scale: float = 1.0) 
     groups = {}
     for name, param in named_params:
         if param.requires_grad:
-            groups.setdefault(param_group(name), []).append(param)
+            groups.setdefault(param_module(name), []).append(param)
     order = [g for g in GROUPS if g in groups]
     partitioned = torch.zeros(len(order), dtype=torch.float64)
     replicated = torch.zeros(len(order), dtype=torch.float64)

@@ -11,18 +11,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from llava.model.builder import load_non_lora_trainables
 from llava.model.llava_arch import load_projector_weights
 from llava.train import checkpoint
+from llava.train.monitors import param_module
 from llava.train.sampler import ModalityLengthGroupedSampler, TokenLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
-
-
-def param_module(name: str) -> str:
-    """'projector', 'vision_tower' or 'llm' for a parameter name (plain, DeepSpeed or peft-wrapped)."""
-    if checkpoint.MM_PROJECTOR in name:
-        return "projector"
-    if "vision_tower" in name:
-        return "vision_tower"
-    return "llm"
 
 
 class LLaVATrainer(Trainer):
