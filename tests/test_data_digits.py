@@ -14,7 +14,6 @@ from PIL import Image
 from llava.data import digits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytest.importorskip("sklearn")
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("sklearn")
-
-from benchmarks import digits  # noqa: E402
-from llava.model.tiny import save_tiny_llm, save_tiny_vision_tower  # noqa: E402
+from benchmarks import digits
+from llava.model.tiny import save_tiny_llm, save_tiny_vision_tower
 
 STEPS, NUM_TRAIN, NUM_EVAL = 250, 500, 60
 MARGIN = 20  # points above the majority baseline
