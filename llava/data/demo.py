@@ -22,12 +22,12 @@ held-out questions: for each question type, the answer most common in the traini
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-from collections import Counter
 
 from PIL import Image, ImageDraw
+
+from llava.data import vqa_layout
 
 COLORS = {
     "red": (220, 30, 30),
@@ -104,32 +104,7 @@ def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
     A tie (presence is balanced: three "yes" and three "no" per training image) goes to the answer
     seen first. Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
     """
-    with open(finetune_path) as f:
-        records = json.load(f)
-    counts: dict[str, Counter] = {}
-    for record in records:
-        turns = record["conversations"]
-        for human, gpt in zip(turns[::2], turns[1::2]):
-            kind = question_type(human["value"])
-            if kind:
-                counts.setdefault(kind, Counter())[gpt["value"]] += 1
-    majority = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
-    with open(annotations_path) as f:
-        annotations = json.load(f)["annotations"]
-    hits: dict[str, list[int]] = {}
-    for ann in annotations:
-        kind = ann["question_type"]
-        if kind not in majority:
-            raise ValueError(f"question type {kind!r} of question {ann['question_id']} never occurs in {finetune_path}")
-        hits.setdefault(kind, []).append(majority[kind] == ann["answers"][0]["answer"])
-    if not hits:
-        raise ValueError(f"{annotations_path} holds no annotations")
-    every = [h for kind_hits in hits.values() for h in kind_hits]
-    return {
-        "overall": 100.0 * sum(every) / len(every),
-        "per_type": {kind: 100.0 * sum(h) / len(h) for kind, h in sorted(hits.items())},
-        "answer": majority,
-    }
+    return vqa_layout.majority_baseline(finetune_path, annotations_path, question_type)
 
 
 def training_conversations(shape: str, color: str, rng: random.Random) -> list[list[tuple[str, str]]]:
@@ -163,13 +138,6 @@ def training_conversations(shape: str, color: str, rng: random.Random) -> list[l
     describe = [("What color is the shape?", color), ("What shape is in the image?", shape)]
     rng.shuffle(describe)
     return [*([turn] for turn in presence), describe]
-
-
-def _write_json(path: str, payload) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
 
 
 def generate(out_dir: str, num_train: int = 2000, num_eval: int = 150, image_size: int = 32, seed: int = 0) -> dict:
@@ -235,31 +203,12 @@ def generate(out_dir: str, num_train: int = 2000, num_eval: int = 150, image_siz
                     "question_id": question_id,
                     "question_type": category,
                     "answer_type": "yes/no" if category == "presence" else "other",
-                    "answers": [
-                        {"answer": answer, "raw_answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
-                        for k in range(10)
-                    ],
+                    "answers": vqa_layout.human_answers(answer),
                 }
             )
             question_id += 1
 
-    paths = {
-        "image_folder": image_dir,
-        "pretrain": os.path.join(out_dir, "pretrain.json"),
-        "finetune": os.path.join(out_dir, "finetune.json"),
-        "eval_questions_jsonl": os.path.join(out_dir, "eval_questions.jsonl"),
-        "eval_questions": os.path.join(out_dir, "eval_questions.json"),
-        "eval_annotations": os.path.join(out_dir, "eval_annotations.json"),
-    }
-    _write_json(paths["pretrain"], pretrain)
-    _write_json(paths["finetune"], finetune)
-    _write_json(paths["eval_questions"], {"questions": vqa_questions})
-    _write_json(paths["eval_annotations"], {"annotations": annotations})
-    tmp = paths["eval_questions_jsonl"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in eval_lines)
-    os.replace(tmp, paths["eval_questions_jsonl"])
-    return paths
+    return vqa_layout.write_dataset(out_dir, image_dir, pretrain, finetune, eval_lines, vqa_questions, annotations)
 
 
 def main(argv=None) -> None:

@@ -35,10 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections import Counter
 
 import numpy as np
 from PIL import Image
+
+from llava.data import vqa_layout
 
 SOURCES = ("sklearn", "mnist5k")
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -99,13 +100,6 @@ def split_indices(n: int, num_eval: int, seed: int) -> tuple[np.ndarray, np.ndar
     """(train, eval) indices: one permutation of range(n) from `seed`, its first `num_eval` held out."""
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[num_eval:]), np.sort(order[:num_eval])
-
-
-def _write_json(path: str, payload) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
 
 
 def convert(
@@ -171,28 +165,11 @@ def convert(
                 "question_id": question_id,
                 "question_type": kind,
                 "answer_type": "number" if kind == "digit" else "yes/no",
-                "answers": [{"answer": answer, "raw_answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
-                            for k in range(10)],
+                "answers": vqa_layout.human_answers(answer),
             })
             question_id += 1
 
-    paths = {
-        "image_folder": image_dir,
-        "pretrain": os.path.join(out_dir, "pretrain.json"),
-        "finetune": os.path.join(out_dir, "finetune.json"),
-        "eval_questions_jsonl": os.path.join(out_dir, "eval_questions.jsonl"),
-        "eval_questions": os.path.join(out_dir, "eval_questions.json"),
-        "eval_annotations": os.path.join(out_dir, "eval_annotations.json"),
-    }
-    _write_json(paths["pretrain"], pretrain)
-    _write_json(paths["finetune"], finetune)
-    _write_json(paths["eval_questions"], {"questions": vqa_questions})
-    _write_json(paths["eval_annotations"], {"annotations": annotations})
-    tmp = paths["eval_questions_jsonl"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in eval_lines)
-    os.replace(tmp, paths["eval_questions_jsonl"])
-    return paths
+    return vqa_layout.write_dataset(out_dir, image_dir, pretrain, finetune, eval_lines, vqa_questions, annotations)
 
 
 def question_type(question: str) -> str | None:
@@ -209,32 +186,7 @@ def majority_baseline(finetune_path: str, annotations_path: str) -> dict:
 
     Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
     """
-    with open(finetune_path) as f:
-        records = json.load(f)
-    counts: dict[str, Counter] = {}
-    for record in records:
-        turns = record["conversations"]
-        for human, gpt in zip(turns[::2], turns[1::2]):
-            kind = question_type(human["value"])
-            if kind:
-                counts.setdefault(kind, Counter())[gpt["value"]] += 1
-    majority = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
-    with open(annotations_path) as f:
-        annotations = json.load(f)["annotations"]
-    hits: dict[str, list[bool]] = {}
-    for ann in annotations:
-        kind = ann["question_type"]
-        if kind not in majority:
-            raise ValueError(f"question type {kind!r} of question {ann['question_id']} never occurs in {finetune_path}")
-        hits.setdefault(kind, []).append(majority[kind] == ann["answers"][0]["answer"])
-    every = [h for kind_hits in hits.values() for h in kind_hits]
-    if not every:
-        raise ValueError(f"{annotations_path} holds no annotations")
-    return {
-        "overall": 100.0 * sum(every) / len(every),
-        "per_type": {kind: 100.0 * sum(h) / len(h) for kind, h in sorted(hits.items())},
-        "answer": majority,
-    }
+    return vqa_layout.majority_baseline(finetune_path, annotations_path, question_type)
 
 
 def main(argv=None) -> None:
