@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 from collections import Counter, defaultdict
 
@@ -162,10 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
+    args = model_vqa.parse_cli(build_parser(), argv)
     with errors.exit_on_clear_error("image_ablation"):
         return run_ablation(args)
 

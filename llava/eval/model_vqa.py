@@ -303,11 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict:
+def parse_cli(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Logging and arguments of model_vqa and of the tools that run it (llava.eval.image_ablation)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_cli(build_parser(), argv)
     with errors.exit_on_clear_error("model_vqa"):  # bad input: a message, not a traceback
         return eval_model(args)
 
