@@ -34,13 +34,17 @@
 #                   (each variable set explicitly still wins) and adds the flags in SCRATCH_ARGS below:
 #                   the vision tower stays frozen (a random-init tower trained with the LLM collapses
 #                   every image onto one feature within ~10 steps and the model answers from the question
-#                   alone), projector + LLM train at 2e-3 with 100 warm-up steps and then a constant
-#                   rate (the LLM finds the image only after a few hundred steps; scripts/demo.sh saw a
-#                   cosine decay keep a question at chance), batch 32, 2,000 steps,
-#                   one process, ZeRO-2, no gradient checkpointing; the default tiny checkpoints become a 4-layer
-#                   LLM and a 192-wide CLIP with 16 patches of 8 px (checkpoints/tiny-*-scratch).
+#                   alone); projector + LLM train at 2e-3 (warm-up over 100 steps, or a tenth of a run
+#                   under 1,000), at a constant rate for the first half of the steps (the LLM finds the
+#                   image only after a few hundred steps; scripts/demo.sh saw a cosine decay from the
+#                   start keep a question at chance), then decaying to 0 along a cosine over the second
+#                   half (at a constant rate the loss stalls with shape and presence questions near
+#                   chance); batch 32, 2,000 steps, one process, ZeRO-2, no gradient checkpointing; the
+#                   default tiny checkpoints become a 4-layer LLM and a 192-wide CLIP with 16 patches of
+#                   8 px (checkpoints/tiny-*-scratch).
 #                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data);
 #                   reasoning and measurements: docs/training.md, "Training small models from scratch".
+#   DECAY_STEPS     PRESET=scratch only: the last steps, over which the rate decays (default: half of MAX_STEPS)
 
 set -euo pipefail
 
@@ -77,9 +81,23 @@ case "$PRESET" in
         [[ "$ON_GPU" == 0 ]] && NUM_GPUS="${NUM_GPUS:-1}"
         # Tiny ops: a second thread only spin-waits (measured for scripts/demo.sh).
         export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+        if [[ -z "${DECAY_STEPS:-}" && "$MAX_STEPS" -le 0 ]]; then
+            echo "PRESET=scratch with MAX_STEPS=$MAX_STEPS: set DECAY_STEPS, the last steps over which the" \
+                 "learning rate decays (about half of the run's steps)" >&2
+            exit 2
+        fi
+        DECAY_STEPS="${DECAY_STEPS:-$((MAX_STEPS / 2))}"
+        warmup_steps=100
+        [[ "$MAX_STEPS" -gt 0 && "$MAX_STEPS" -lt 1000 ]] && warmup_steps=$((MAX_STEPS / 10))
+        if [[ "$MAX_STEPS" -gt 0 && $((warmup_steps + DECAY_STEPS)) -gt "$MAX_STEPS" ]]; then
+            echo "PRESET=scratch: DECAY_STEPS=$DECAY_STEPS and $warmup_steps warm-up steps do not fit in" \
+                 "MAX_STEPS=$MAX_STEPS; give at most $((MAX_STEPS - warmup_steps))" >&2
+            exit 2
+        fi
         SCRATCH_ARGS=(
             --train_modules projector,llm
-            --lr_scheduler_type constant_with_warmup --warmup_steps 100
+            --lr_scheduler_type warmup_stable_decay --warmup_steps "$warmup_steps"
+            --lr_scheduler_kwargs "{\"num_decay_steps\": $DECAY_STEPS}"
             --gradient_checkpointing False --group_by_modality_length False
         )
         ;;
