@@ -103,3 +103,18 @@ def test_baseline_without_data_says_what_to_do(tmp_path):
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
     assert result.returncode == 2 and "convert the data first" in result.stderr
 
+
+
+@pytest.mark.parametrize("dataset", ["sklearn", "shapes"])
+def test_learning_benchmark_datasets_share_one_layout(tmp_path, dataset):
+    """benchmarks.digits trains and scores each of its datasets through the same paths and baseline."""
+    from benchmarks.digits import make_dataset
+
+    paths, baseline = make_dataset(dataset, str(tmp_path), num_train=40, num_eval=10)
+    for key in ("finetune", "eval_questions_jsonl", "eval_annotations", "image_folder"):
+        assert os.path.exists(paths[key]), key
+    with open(paths["eval_questions_jsonl"]) as f:
+        questions = [json.loads(line) for line in f]
+    assert len(questions) == 30  # three questions per held-out image
+    assert all(os.path.exists(os.path.join(paths["image_folder"], q["image"])) for q in questions)
+    assert 0 < baseline["overall"] < 100 and len(baseline["per_type"]) == 3
