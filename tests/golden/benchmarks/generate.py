@@ -3,7 +3,7 @@ the fixtures in tests/fixtures/benchmarks/ and store what it outputs in tests/go
 
 The official code is not part of this repository; point the tool at copies of it:
 
-    python tools/benchmarks_golden.py --python /work/venvs/official/bin/python \
+    python tests/golden/benchmarks/generate.py --python /work/venvs/official/bin/python \
         --llava /work/ref/LLaVA-18 \
         --llava-shim /work/ref/official-shim \
         --mme-convert .../playground/data/eval/MME/convert_answer_to_mme.py \
@@ -292,7 +292,7 @@ def main():
         with tempfile.TemporaryDirectory() as work:
             result = build(Runner(args, work))
         with open(os.path.join(GOLDEN, f"{name}.json"), "w") as f:
-            json.dump({"produced_by": f"tools/benchmarks_golden.py ({name}: official evaluation code)", "official": result},
+            json.dump({"produced_by": f"tests/golden/benchmarks/generate.py ({name}: official evaluation code)", "official": result},
                       f, indent=1, ensure_ascii=False)
         print(f"{name}: written")
 

@@ -4,7 +4,7 @@ transformers' LlavaForConditionalGeneration has no lm_head bias, so a Phi checkp
 `llava.export.hf` is exact in vLLM (whose Phi applies the exported `lm_head.bias`) but, in
 transformers, shifted by the bias. This prints how much, on real questions:
 
-    python tools/measure_export_head_bias.py --model-path CKPT [--model-base BASE] \
+    python -m benchmarks.export_head_bias --model-path CKPT [--model-base BASE] \
         --question-file playground/data/demo/eval_questions.jsonl --image-folder playground/data/demo/images
 
 For each question: the largest logit difference at the answer's first position (ours vs transformers'),
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     from transformers import LlavaForConditionalGeneration
 
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.eval.inference import GenerationSettings, InferenceEngine
+    from llava.inference import GenerationSettings, InferenceEngine
     from llava.export.hf import export
 
     engine = InferenceEngine.from_pretrained(args.model_path, args.model_base, device="cpu")

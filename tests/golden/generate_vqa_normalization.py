@@ -1,14 +1,14 @@
 """DEV TOOL (not part of the package, not run by the tests): score the VQA normalisation edge cases
 with the reference evaluators themselves and write tests/golden/vqa_normalization.json.
 
-The reference code is run, not re-implemented. Get it with the search tool's fetch (or git clone):
+The reference code is run, not re-implemented. Get it with git clone:
   GT-Vision-Lab/VQA       PythonEvaluationTools/vqaEvaluation/vqaEval.py at a013f00 (current) and at
                           a4f1afd (the copy before "Fixed processing answers bug")
   salesforce/LAVIS        lavis/common/vqa_tools/vqa_eval.py (the legacy copy, Python 3)
   haotian-liu/LLaVA       llava/eval/m4c_evaluator.py at c121f04 (TextVQAAccuracyEvaluator, EvalAI processor)
 and pass the four files:
 
-  python tools/reference/vqa_eval_golden.py --current VQA/.../vqaEval.py --before-fix VQA-old/.../vqaEval.py \
+  python tests/golden/generate_vqa_normalization.py --current VQA/.../vqaEval.py --before-fix VQA-old/.../vqaEval.py \
       --lavis LAVIS/vqa_eval.py --m4c LLaVA/llava/eval/m4c_evaluator.py --out tests/golden/vqa_normalization.json
 
 GT-Vision-Lab's vqaEval.py is Python 2; the only Python-2-only syntax in it is two `print "..."`
@@ -135,7 +135,7 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({
             "about": "Per-question VQA accuracy (percent, rounded to 2 places as the evaluators report it) computed by "
-                     "running the reference evaluators; written by tools/reference/vqa_eval_golden.py.",
+                     "running the reference evaluators; written by tests/golden/generate_vqa_normalization.py.",
             "references": {
                 "official": "GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py @ a013f00",
                 "legacy": "GT-Vision-Lab/VQA vqaEval.py @ a4f1afd (identical scores from salesforce/LAVIS "
