@@ -29,7 +29,7 @@ def answer(checkpoint, questions, demo_data, path, *extra):
 
 
 def test_blank_images_reach_the_model_as_uniform_mean_grey_pixels(checkpoint, questions, demo_data):
-    from llava.eval.inference import InferenceEngine
+    from llava.inference import InferenceEngine
 
     engine = InferenceEngine.from_pretrained(checkpoint)
     batch = read_jsonl(questions)[:4]

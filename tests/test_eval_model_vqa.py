@@ -118,7 +118,7 @@ def test_over_long_prompt_is_an_error_naming_the_question(checkpoint, questions,
 def test_prompts_follow_official_llava_and_default_to_the_backbones_template():
     from types import SimpleNamespace
 
-    from llava.eval.inference import InferenceEngine
+    from llava.inference import InferenceEngine
 
     def engine(conv_mode=None, **config):
         model = SimpleNamespace(config=SimpleNamespace(**config))
@@ -141,7 +141,7 @@ def test_prompts_follow_official_llava_and_default_to_the_backbones_template():
 
 
 def _engine_and_items(checkpoint, questions, demo_data, n=3):
-    from llava.eval.inference import InferenceEngine
+    from llava.inference import InferenceEngine
 
     engine = InferenceEngine.from_pretrained(checkpoint)
     items = []
@@ -172,7 +172,7 @@ def test_single_token_stop_string_ends_rows_inside_generate_with_unchanged_answe
     and generation ends as soon as every row has produced it."""
     import torch
 
-    from llava.eval.inference import GenerationSettings
+    from llava.inference import GenerationSettings
     from llava.mm_utils import KeywordsStoppingCriteria
 
     engine, items = _engine_and_items(checkpoint, questions, demo_data)
@@ -200,7 +200,7 @@ def test_single_token_stop_string_ends_rows_inside_generate_with_unchanged_answe
 def test_a_batchs_images_are_processed_together_exactly_as_one_by_one(checkpoint, questions, demo_data):
     import torch
 
-    from llava.eval.inference import InferenceEngine
+    from llava.inference import InferenceEngine
 
     engine = InferenceEngine.from_pretrained(checkpoint)
     paths = [os.path.join(demo_data["image_folder"], r["image"]) for r in read_jsonl(questions)[:3]]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from helpers import cached_checkpoint, solid_image
-from llava.eval.inference import GenerationSettings, InferenceEngine
+from llava.inference import GenerationSettings, InferenceEngine
 from llava.serve import cli
 
 

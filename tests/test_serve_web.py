@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from helpers import cached_checkpoint, grey_png, solid_image, tone_wav
-from llava.eval.inference import GenerationSettings, InferenceEngine
+from llava.inference import GenerationSettings, InferenceEngine
 
 gr = pytest.importorskip("gradio")
 from llava.serve import web  # noqa: E402  (needs gradio)

@@ -108,7 +108,7 @@ def run_ablation(args) -> dict:
     categories = question_categories(questions)
     os.makedirs(args.out_dir, exist_ok=True)
 
-    from llava.eval.inference import InferenceEngine
+    from llava.inference import InferenceEngine
 
     engine = InferenceEngine.from_pretrained(
         args.model_path, args.model_base, args.conv_mode, load_4bit=args.load_4bit, load_8bit=args.load_8bit

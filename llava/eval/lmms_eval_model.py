@@ -26,7 +26,7 @@ except ImportError as exc:  # the adapter is only imported by lmms-eval itself, 
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.inference import GenerationSettings, InferenceEngine, Prepared
+from llava.inference import GenerationSettings, InferenceEngine, Prepared
 
 
 def _flag(value) -> bool:

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava import errors
-from llava.eval.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
+from llava.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
 from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, processor_mean_color,
     tokenizer_image_tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llava.eval.inference import GenerationSettings, InferenceEngine
+from llava.inference import GenerationSettings, InferenceEngine
 
 
 def display_roles(conv) -> tuple[str, str]:

@@ -21,7 +21,7 @@ import logging
 import os
 from typing import Callable, Iterator
 
-from llava.eval.inference import GenerationSettings, InferenceEngine
+from llava.inference import GenerationSettings, InferenceEngine
 from llava.mm_utils import MAX_IMAGE_PIXELS, ImageTooLarge, load_image
 
 logger = logging.getLogger(__name__)
