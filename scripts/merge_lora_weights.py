@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from llava.model.builder import checkpoint_kind, load_pretrained_model
+from llava.model.builder import load_pretrained_model
+from llava.model.layout import checkpoint_kind
 from llava.model.paths import resolve_pretrained
 
 

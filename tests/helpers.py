@@ -162,3 +162,23 @@ def make_lora_checkpoint(out_dir: str, llm_path: str, clip_path: str, merged_dir
 
     shutil.rmtree(full)
     return out_dir
+
+
+def train_in_work_folder(root, llm_path: str, clip_path: str, args: list[str]):
+    """A training run made from `root` as the launchers make it: the tiny LLM and tower copied to
+    `root/checkpoints/tiny-phi` and `root/checkpoints/tiny-clip`, and `args` naming them by those relative paths."""
+    import shutil
+
+    from llava.train.train import train
+
+    (root / "checkpoints").mkdir(exist_ok=True)
+    shutil.copytree(llm_path, root / "checkpoints" / "tiny-phi")
+    shutil.copytree(clip_path, root / "checkpoints" / "tiny-clip")
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        train(["--model_name_or_path", "checkpoints/tiny-phi", "--vision_tower", "checkpoints/tiny-clip",
+               "--report_to", "none", "--save_strategy", "no", "--model_max_length", "256", *args])
+    finally:
+        os.chdir(here)
+    return root

@@ -20,7 +20,7 @@ from llava.export.hf import ExportError, chat_template_for, check_exportable, ex
 def _ours_and_exported(checkpoint, out_dir, question="What is this?"):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from llava.eval.inference import InferenceEngine
+    from llava.inference import InferenceEngine
 
     export(checkpoint, str(out_dir))
     hf_model = LlavaForConditionalGeneration.from_pretrained(str(out_dir)).eval()

@@ -11,8 +11,9 @@ import torch
 
 from llava.model import paths
 from llava.model.builder import load_pretrained_model
-from llava.model.portable import TOWER_COPY, find_recorded
-from llava.train.train import train
+from llava.model.layout import TOWER_COPY, find_recorded
+
+from helpers import train_in_work_folder
 
 pytestmark = pytest.mark.slow  # end to end: a training run, then loads from elsewhere (≈25 s)
 
@@ -21,24 +22,11 @@ pytestmark = pytest.mark.slow  # end to end: a training run, then loads from els
 def repo(tmp_path_factory, tiny_llm, tiny_clip, demo_data):
     """A working folder laid out like this repository, and a 1-step QLoRA run made in it with relative paths."""
     pytest.importorskip("bitsandbytes")
-    root = tmp_path_factory.mktemp("repo")
-    (root / "checkpoints").mkdir()
-    shutil.copytree(tiny_llm("phi"), root / "checkpoints" / "tiny-phi")
-    shutil.copytree(tiny_clip, root / "checkpoints" / "tiny-clip")
-    here = os.getcwd()
-    os.chdir(root)
-    try:
-        train([
-            "--model_name_or_path", "checkpoints/tiny-phi", "--vision_tower", "checkpoints/tiny-clip",
-            "--data_path", demo_data["finetune"], "--image_folder", demo_data["image_folder"],
-            "--mm_projector_type", "mlp2x_gelu", "--per_device_train_batch_size", "2", "--max_steps", "1",
-            "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--bits", "4",
-            "--output_dir", "checkpoints/qlora", "--save_strategy", "no", "--report_to", "none",
-            "--model_max_length", "256",
-        ])
-    finally:
-        os.chdir(here)
-    return root
+    return train_in_work_folder(tmp_path_factory.mktemp("repo"), tiny_llm("phi"), tiny_clip, [
+        "--data_path", demo_data["finetune"], "--image_folder", demo_data["image_folder"],
+        "--mm_projector_type", "mlp2x_gelu", "--per_device_train_batch_size", "2", "--max_steps", "1",
+        "--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--bits", "4", "--output_dir", "checkpoints/qlora",
+    ])
 
 
 def _logits(model):

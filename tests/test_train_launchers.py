@@ -12,7 +12,8 @@ import subprocess
 import pytest
 import torch
 
-from llava.model.builder import checkpoint_kind, load_pretrained_model
+from llava.model.builder import load_pretrained_model
+from llava.model.layout import checkpoint_kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava.model.builder import checkpoint_kind, load_pretrained_model
+from llava.model.builder import load_pretrained_model
+from llava.model.layout import checkpoint_kind
 from llava.train.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -25,17 +25,18 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.model.multimodal_encoder import image_processor_class
+from llava.model.multimodal_encoder.base import SELECT_FEATURES
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_PROJECTORS = ("linear", "mlp2x_gelu")
 # LLaVA-only config fields that must not leak into the exported text config.
 _LLAVA_FIELDS = ("image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj")
-_SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}  # HF "default" drops CLS
 # Not carried into the exported configs: the LLaVA class, and where the checkpoint was loaded from.
 _NOT_EXPORTED = ("model_type", "architectures", "auto_map", "_name_or_path", "name_or_path")
 
@@ -61,8 +62,8 @@ def check_exportable(config) -> None:
             f"only {', '.join(SUPPORTED_PROJECTORS)} can be exported"
         )
     feature = getattr(config, "mm_vision_select_feature", "patch")
-    if feature not in _SELECT_STRATEGY:
-        raise ExportError(f"mm_vision_select_feature={feature!r} is not one of {', '.join(_SELECT_STRATEGY)}")
+    if feature not in SELECT_FEATURES:
+        raise ExportError(f"mm_vision_select_feature={feature!r} is not one of {', '.join(SELECT_FEATURES)}")
     aspect = getattr(config, "image_aspect_ratio", None) or "square"
     if aspect not in ("square", "pad"):
         raise ExportError(f"image_aspect_ratio={aspect!r}: only 'square' and 'pad' have an HF image processor")
@@ -180,10 +181,20 @@ def convert_state_dict(model, projector_type: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def select_strategy(tower) -> str:
+    """HF Llava's vision_feature_select_strategy: "default" drops exactly one leading token, "full" none."""
+    if tower.select_feature == "cls_patch" or tower.prefix_tokens == 0:
+        return "full"
+    if tower.prefix_tokens == 1:
+        return "default"
+    raise ExportError(
+        f"the vision tower puts {tower.prefix_tokens} tokens before its patches and mm_vision_select_feature='patch' "
+        "drops them; HF Llava can drop only one"
+    )
+
+
 def image_processor_for(image_processor, aspect_ratio: str):
     """LLaVA's 'pad' (expand to square with the mean colour, then resize) is LlavaImageProcessor(do_pad=True)."""
-    from llava.model.multimodal_encoder.clip_encoder import image_processor_class
-
     settings = image_processor.to_dict()
     keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
             "do_normalize", "image_mean", "image_std", "do_convert_rgb")
@@ -217,16 +228,15 @@ def export(
         model.resize_token_embeddings(len(tokenizer))
 
     tower = model.get_vision_tower()
-    vision_config = {k: v for k, v in tower.config.to_dict().items() if k not in ("_name_or_path", "name_or_path")}
     text_config = text_config_for(model.config, backbone)
     llava_config = LlavaConfig(
         text_config=text_config,
-        vision_config=CLIPVisionConfig(**vision_config),
+        vision_config=tower.export_config(),
         image_token_index=image_token_id,
         image_seq_length=tower.num_patches,
         projector_hidden_act="gelu" if config.mm_projector_type == "mlp2x_gelu" else "linear",
         vision_feature_layer=config.mm_vision_select_layer,
-        vision_feature_select_strategy=_SELECT_STRATEGY[config.mm_vision_select_feature],
+        vision_feature_select_strategy=select_strategy(tower),
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
     )
@@ -245,14 +255,14 @@ def export(
         setattr(hf_model.generation_config, name, getattr(tokenizer, name))
     hf_model.generation_config.use_cache = True
     hf_model.to(getattr(torch, dtype)).save_pretrained(out_dir)
-    _name_vision_weights_as_the_hub_does(out_dir)
+    _name_vision_weights_as_the_hub_does(out_dir, tower)
 
     processor = LlavaProcessor(
         image_processor=image_processor_for(image_processor, getattr(config, "image_aspect_ratio", None) or "square"),
         tokenizer=tokenizer,
         patch_size=tower.config.patch_size,
         vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
-        num_additional_image_tokens=1,  # CLIP's CLS token
+        num_additional_image_tokens=tower.prefix_tokens,  # e.g. CLIP's CLS token
         chat_template=chat_template_for(conv),
         image_token=DEFAULT_IMAGE_TOKEN,
     )
@@ -262,13 +272,9 @@ def export(
     return out_dir
 
 
-def _name_vision_weights_as_the_hub_does(out_dir: str) -> None:
-    """`vision_tower.X` -> `vision_tower.vision_model.X` in the saved weight files.
-
-    transformers 5 writes the CLIP tower flattened (its CLIPVisionModel has no `vision_model`
-    level any more); llava-hf checkpoints, transformers 4 and vLLM's CLIPVisionModel name the
-    weights `vision_tower.vision_model.*`. transformers 5 loads both.
-    """
+def _name_vision_weights_as_the_hub_does(out_dir: str, tower) -> None:
+    """The tower's weights in the saved files renamed as the hub's checkpoints of its family spell them
+    (CLIP: `vision_tower.X` -> `vision_tower.vision_model.X`); transformers 5 loads both spellings."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -277,8 +283,8 @@ def _name_vision_weights_as_the_hub_does(out_dir: str) -> None:
     files = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
 
     def rename(key: str) -> str:
-        if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
-            return "vision_tower.vision_model." + key[len("vision_tower."):]
+        if key.startswith("vision_tower."):
+            return "vision_tower." + tower.export_weight_name(key[len("vision_tower."):])
         return key
 
     for name in files:

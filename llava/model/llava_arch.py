@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 
 import torch
 from torch import nn
@@ -25,7 +24,8 @@ from llava.constants import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
 )
-from llava.model.multimodal_encoder import CLIPVisionTower, build_vision_tower
+from llava.model.layout import FULL, CheckpointLayout
+from llava.model.multimodal_encoder import VisionTower, build_vision_tower, load_vision_tower
 from llava.model.multimodal_projector import build_vision_projector
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class LlavaMetaModel:
             self.vision_tower = build_vision_tower(config)
             self.mm_projector = build_vision_projector(config, self.get_input_embeddings().embedding_dim)
 
-    def get_vision_tower(self) -> CLIPVisionTower | None:
+    def get_vision_tower(self) -> VisionTower | None:
         return getattr(self, "vision_tower", None)
 
     def initialize_vision_modules(
@@ -85,15 +85,14 @@ class LlavaMetaModel:
         mm_vision_select_feature: str = "patch",
         pretrain_mm_mlp_adapter: str | None = None,
     ) -> None:
-        """Attach a pretrained CLIP tower and a fresh (or stage-1) projector to a plain LLM.
+        """Attach a pretrained vision tower and a fresh (or stage-1) projector to a plain LLM.
 
         Records every choice in the config so the saved checkpoint rebuilds the same model.
         """
         config = self.config
         tower = self.get_vision_tower()
         if tower is None or tower.vision_tower_name != vision_tower:
-            tower = CLIPVisionTower(vision_tower, mm_vision_select_layer, mm_vision_select_feature)
-            tower.load_model()
+            tower = load_vision_tower(vision_tower, mm_vision_select_layer, mm_vision_select_feature)
             self.vision_tower = tower
         tower.select(mm_vision_select_layer, mm_vision_select_feature)
 
@@ -125,31 +124,29 @@ class LlavaMetaForCausalLM:
     def get_model(self):
         return getattr(self, self.base_model_prefix)
 
-    def get_vision_tower(self) -> CLIPVisionTower | None:
+    def get_vision_tower(self) -> VisionTower | None:
         return self.get_model().get_vision_tower()
 
     @classmethod
-    def from_pretrained(cls, *args, llava_checkpoint: str | None = None, **kwargs):
+    def from_pretrained(cls, *args, llava_checkpoint: CheckpointLayout | None = None, **kwargs):
         """Also fills the vision tower when the weight files lack it (LoRA/stage-1 bases, official checkpoints).
 
-        `llava_checkpoint`: the LoRA or stage-1 checkpoint this base is loaded for; its files supply
-        the projector (so its absence is expected) and maybe the tower (`llava.model.portable`).
+        `llava_checkpoint`: the checkpoint this is loaded for, as `llava.model.layout` resolved it; for a
+        LoRA or stage-1 one the weights loaded here are its base's, so a missing projector is expected
+        (the checkpoint's files supply it) and the tower may come from the checkpoint's copy.
         """
-        from llava.model import portable
-
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         model.config.architectures = [type(model).__name__]  # not the plain LLM's class a base config names
         missing = set(info.get("missing_keys", ())) | model.__dict__.pop("_vision_keys_missing", set())
+        loaded_from = str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        layout = llava_checkpoint or CheckpointLayout(loaded_from, FULL, mm_vision_tower=getattr(model.config, "mm_vision_tower", None))
         tower = model.get_vision_tower()
         if tower is not None and any(".vision_tower." in key for key in missing):
-            loaded_from = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            checkpoint = llava_checkpoint or (loaded_from if os.path.isdir(str(loaded_from)) else None)
-            source = portable.load_tower_weights(tower, model.config, checkpoint)
+            source = layout.load_tower_weights(tower)
             logger.info("vision tower weights from %s (the weight files hold none)", source)
-        if llava_checkpoint is None and any(".mm_projector." in key for key in missing):
-            logger.warning("%s holds no mm_projector weights: the projector is randomly initialised",
-                           args[0] if args else "the checkpoint")
+        if layout.kind == FULL and any(".mm_projector." in key for key in missing):
+            logger.warning("%s holds no mm_projector weights: the projector is randomly initialised", loaded_from)
         return (model, info) if want_info else model
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:

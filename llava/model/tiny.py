@@ -16,11 +16,11 @@ import argparse
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoModelForCausalLM
 
-# CLIP's normalisation constants (what openai/clip-* image processors use).
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+from llava.model.multimodal_encoder import TOWERS
+
+TINY_TOWER = "clip_vision_model"
 
 # -- writers ---------------------------------------------------------------------------------
 def save_tiny_llm(backbone: str, out_dir: str, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> str:
@@ -46,34 +46,21 @@ def save_tiny_llm(backbone: str, out_dir: str, hidden_size: int = 64, num_layers
 
 
 def save_tiny_vision_tower(
-    out_dir: str, image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+    out_dir: str, image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2, seed: int = 0,
+    tower: str = TINY_TOWER,
 ) -> str:
-    """Write a random-init CLIP vision tower and its image processor to `out_dir`."""
-    config = CLIPVisionConfig(
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=max(1, hidden_size // 16),
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=hidden_size,
-    )
+    """Write a random-init vision tower of family `tower` (a registered model_type) and its image processor."""
+    family = TOWERS[tower]
+    config = family.tiny_config(image_size, patch_size, hidden_size, num_layers)
     torch.manual_seed(seed)
-    CLIPVisionModel(config).save_pretrained(out_dir)
-    tiny_image_processor(image_size).save_pretrained(out_dir)
+    family.model_class(config).save_pretrained(out_dir)
+    tiny_image_processor(image_size, tower).save_pretrained(out_dir)
     return out_dir
 
 
-def tiny_image_processor(image_size: int):
-    """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at `image_size` pixels."""
-    from llava.model.multimodal_encoder.clip_encoder import image_processor_class
-
-    return image_processor_class()(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
+def tiny_image_processor(image_size: int, tower: str = TINY_TOWER):
+    """The family's own preprocessing at `image_size` pixels."""
+    return TOWERS[tower].tiny_image_processor(image_size)
 
 
 def save_tiny_whisper(out_dir: str, seed: int = 0, max_target_positions: int = 64) -> str:

@@ -4,7 +4,8 @@
 - lora / qlora:        adapter + non_lora_trainables.bin + config.json
 - full:                save_pretrained (written by the HF Trainer)
 Each also gets the tokenizer and the CLIP image processor (preprocessor_config.json); the partial
-ones also a copy of a frozen tower that came from a local folder (vision_tower/, llava.model.portable).
+ones also a copy of a frozen tower that came from a local folder (vision_tower/). The file names and
+how a folder's kind is told from them are llava.model.layout's, shared with loading.
 Under ZeRO-3 parameters are partitioned; they are gathered (on every rank) before writing.
 
 Also: how intermediate checkpoint-N folders are published whole (never half-written) and which one
@@ -22,27 +23,12 @@ import shutil
 
 import torch
 
-from llava.model.portable import save_tower_copy  # a frozen tower from a local folder travels along
+from llava.model.layout import (FULL, LORA, NON_LORA_FILE, PROJECTOR, PROJECTOR_FILE, checkpoint_kind, record_base,
+                               save_tower_copy)
+from llava.model.zero3 import gathered
 
-MM_PROJECTOR = "mm_projector"
+MM_PROJECTOR = "mm_projector"  # the projector's parameter names
 logger = logging.getLogger("llava.train")
-
-
-def is_zero3(param) -> bool:
-    return hasattr(param, "ds_id")
-
-
-@contextlib.contextmanager
-def gathered(params, modifier_rank=None):
-    """Full copies of ZeRO-3-partitioned `params` inside the block (a no-op otherwise)."""
-    params = [p for p in params if is_zero3(p)]
-    if not params:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
-        yield
 
 
 def gather_state(named_params) -> dict[str, torch.Tensor]:
@@ -61,6 +47,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 def save_config(model, output_dir: str) -> None:
     """The LLaVA config (mm_* fields included) without the training-only quantization settings."""
     config = copy.deepcopy(model.config)
+    record_base(config, model.config.name_or_path)  # the LLM this checkpoint needs to load
     for key in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, key):
             delattr(config, key)
@@ -75,7 +62,7 @@ def save_projector_checkpoint(model, output_dir: str, state: dict) -> None:
     if not any(MM_PROJECTOR in k for k in weights):
         raise RuntimeError("the projector is not trainable; nothing to write to mm_projector.bin")
     save_config(model, output_dir)
-    torch.save(weights, os.path.join(output_dir, "mm_projector.bin"))
+    torch.save(weights, os.path.join(output_dir, PROJECTOR_FILE))
     save_tower_copy(model, output_dir)
 
 
@@ -83,18 +70,16 @@ def save_lora_checkpoint(peft_model, output_dir: str, state: dict) -> None:
     # peft picks the adapter weights out of `state`; the rest (projector, unfrozen modules) goes beside it.
     peft_model.save_pretrained(output_dir, state_dict=state)
     non_lora = {k: v for k, v in state.items() if "lora_" not in k}
-    torch.save(non_lora, os.path.join(output_dir, "non_lora_trainables.bin"))
+    torch.save(non_lora, os.path.join(output_dir, NON_LORA_FILE))
     save_config(peft_model.get_base_model(), output_dir)
     save_tower_copy(peft_model.get_base_model(), output_dir)
 
 
-def checkpoint_mode(output_dir: str) -> str | None:
-    """'projector' / 'lora' for the partial checkpoints this module writes, None otherwise."""
-    if os.path.exists(os.path.join(output_dir, "adapter_config.json")):
-        return "lora"
-    if os.path.exists(os.path.join(output_dir, "mm_projector.bin")):
-        return "projector"
-    return None
+def save_kind(modules) -> str:
+    """The kind of checkpoint a run training `modules` writes (llava.model.layout names the kinds)."""
+    if "lora" in modules:
+        return LORA
+    return PROJECTOR if set(modules) == {"projector"} else FULL
 
 
 # -- checkpoint-N folders: written whole or not at all, and found again on resume ---------------
@@ -133,8 +118,6 @@ def incomplete_reason(path: str) -> str | None:
         if not os.path.isdir(os.path.join(path, tag)):
             return f"DeepSpeed's {tag} folder named by 'latest' is missing"
         return None
-    from llava.model.builder import checkpoint_kind
-
     try:
         checkpoint_kind(path)
     except FileNotFoundError:

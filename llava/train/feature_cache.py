@@ -44,8 +44,6 @@ INDEX = "index.json"
 # numpy has no bfloat16: such features are stored as their raw 16 bits and viewed back on read.
 _NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
 _DTYPES = {str(d).removeprefix("torch."): d for d in _NUMPY_STORAGE}
-# Config fields that do not change the tower's output (the weights hash covers its identity).
-_CONFIG_NOISE = ("_name_or_path", "dtype", "torch_dtype", "transformers_version")
 NEEDS_FROZEN_TOWER = (
     "--vision_feature_cache needs a frozen vision tower (its outputs must not change during training); "
     "drop 'vision_tower' from --train_modules or drop --vision_feature_cache"
@@ -53,28 +51,14 @@ NEEDS_FROZEN_TOWER = (
 
 
 # -- the key -----------------------------------------------------------------------------------
-def _weights_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> dict:
     """Everything that decides the cached values (and which images are refused), each part readable so a
     log can name what changed."""
-    config = {k: v for k, v in tower.config.to_dict().items() if k not in _CONFIG_NOISE}
     return {
         "format": FORMAT,
-        "tower_weights": _weights_digest(tower.vision_tower),
-        "tower_config": json.dumps(config, sort_keys=True),
-        "select_layer": tower.select_layer,
-        "select_feature": tower.select_feature,
+        **tower.feature_key(),
         "image_processor": image_processor.to_json_string(),
         "image_aspect_ratio": image_aspect_ratio or "square",
-        "dtype": str(tower.dtype).removeprefix("torch."),
         "transformers": transformers.__version__,
         "max_image_pixels": max_image_pixels,
     }
@@ -275,7 +259,7 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
 
 # -- command line ------------------------------------------------------------------------------
 def main(argv=None) -> None:
-    from llava.model.multimodal_encoder import CLIPVisionTower
+    from llava.model.multimodal_encoder import load_vision_tower
     from llava.train.dataset import image_paths, read_records
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -298,8 +282,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    tower = CLIPVisionTower(args.vision_tower, args.mm_vision_select_layer, args.mm_vision_select_feature)
-    tower.load_model()
+    tower = load_vision_tower(args.vision_tower, args.mm_vision_select_layer, args.mm_vision_select_feature)
     tower.to(_DTYPES[args.dtype])
     paths = [image_path_in_folder(args.image_folder, p, "--allow_outside_image_folder",
                                   allow_outside=args.allow_outside_image_folder)

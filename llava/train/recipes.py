@@ -9,7 +9,6 @@ The vision tower and lm_head train only when asked (--train_modules).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -21,7 +20,7 @@ from llava.model.builder import ensure_pad_token
 from llava.model.llava_arch import load_projector_weights
 from llava.model.quantization import bnb_config
 from llava.model.registry import backbone_for_config, backbone_names, get_backbone
-from llava.train.checkpoint import gathered
+from llava.model.zero3 import full_numel, gathered, outside_zero3
 
 logger = logging.getLogger(__name__)
 
@@ -46,24 +45,6 @@ def load_tokenizer(model_args, training_args):
     )
     ensure_pad_token(tokenizer)
     return tokenizer
-
-
-@contextlib.contextmanager
-def _outside_zero3():
-    """Build the vision modules as ordinary modules even under ZeRO-3.
-
-    A ZeRO-3-aware `from_pretrained` would hand back partitioned CLIP weights that cannot be
-    copied into the tower; DeepSpeed partitions these modules when the engine starts.
-    """
-    config = hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed._hf_deepspeed_config_weak_ref else None
-    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
-        yield
-        return
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def lora_target_modules(model) -> str:
@@ -117,7 +98,7 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
     model.label_logits_only = training_args.label_logits_only
     tokenizer = load_tokenizer(model_args, training_args)
 
-    with _outside_zero3():
+    with outside_zero3():
         model.get_model().initialize_vision_modules(
             vision_tower=model_args.vision_tower,
             mm_projector_type=model_args.mm_projector_type,
@@ -177,7 +158,7 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
 
 
 def log_trainable(model, modules) -> None:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(full_numel(p) for p in model.parameters())
+    trainable = sum(full_numel(p) for p in model.parameters() if p.requires_grad)
     logger.info("training %s: %s of %s parameters (%.2f%%)", ",".join(sorted(modules)), f"{trainable:,}", f"{total:,}",
                 100 * trainable / max(total, 1))

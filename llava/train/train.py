@@ -19,7 +19,7 @@ from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train import deepspeed_cpu, feature_cache
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
-from llava.train.checkpoint import resolve_resume
+from llava.train.checkpoint import resolve_resume, save_kind
 from llava.train.monitors import TrainingMonitors
 from llava.train.trainer import LLaVATrainer
 
@@ -39,12 +39,6 @@ def _init_distributed(training_args) -> None:
 
     if not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else "nccl")
-
-
-def save_mode(modules) -> str:
-    if "lora" in modules:
-        return "lora"
-    return "projector" if modules == {"projector"} else "full"
 
 
 def build_data(data_args, training_args, tokenizer, model, template):
@@ -152,7 +146,7 @@ def train(args=None, attn_implementation=None):
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        save_mode=save_mode(modules),
+        save_mode=save_kind(modules),
         image_processor=image_processor,
     )
     if model_args.mm_monitors:

@@ -8,6 +8,7 @@ import os
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from llava.model import layout
 from llava.model.builder import load_non_lora_trainables
 from llava.model.llava_arch import load_projector_weights
 from llava.train import checkpoint
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 class LLaVATrainer(Trainer):
     def __init__(self, *args, save_mode: str = "full", image_processor=None, **kwargs):
-        """`save_mode`: 'projector' (stage 1), 'lora' or 'full' (see llava.train.checkpoint)."""
+        """`save_mode`: the checkpoint kind to write (llava.model.layout: projector for stage 1, lora or full)."""
         super().__init__(*args, **kwargs)
         self.save_mode = save_mode
         self.image_processor = image_processor
@@ -84,14 +85,14 @@ class LLaVATrainer(Trainer):
     # -- checkpoints -------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir
-        if self.save_mode == "full":
+        if self.save_mode == layout.FULL:
             super().save_model(output_dir, _internal_call)
         else:
             model = self.accelerator.unwrap_model(self.model)
             state = checkpoint.trainable_state(model)  # collective under ZeRO-3: every rank takes part
             if self.args.should_save:
                 os.makedirs(output_dir, exist_ok=True)
-                if self.save_mode == "projector":
+                if self.save_mode == layout.PROJECTOR:
                     checkpoint.save_projector_checkpoint(model, output_dir, state)
                 else:
                     checkpoint.save_lora_checkpoint(model, output_dir, state)
@@ -128,10 +129,10 @@ class LLaVATrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # Used when resuming without DeepSpeed (which restores its own engine state instead).
         model = self.model if model is None else model
-        mode = checkpoint.checkpoint_mode(resume_from_checkpoint)
-        if mode == "projector":
-            load_projector_weights(model.get_model().mm_projector, os.path.join(resume_from_checkpoint, "mm_projector.bin"))
+        kind = layout.checkpoint_kind(resume_from_checkpoint)
+        if kind == layout.PROJECTOR:
+            load_projector_weights(model.get_model().mm_projector, os.path.join(resume_from_checkpoint, layout.PROJECTOR_FILE))
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if mode == "lora":
-            load_non_lora_trainables(model.get_base_model(), os.path.join(resume_from_checkpoint, "non_lora_trainables.bin"))
+        if kind == layout.LORA:
+            load_non_lora_trainables(model.get_base_model(), os.path.join(resume_from_checkpoint, layout.NON_LORA_FILE))

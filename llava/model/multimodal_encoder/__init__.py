@@ -1,3 +1,17 @@
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower, build_vision_tower
+"""Vision towers behind one interface (`base.VisionTower`), picked by the tower config's `model_type`.
 
-__all__ = ["CLIPVisionTower", "build_vision_tower"]
+Importing this package registers every family; a new one is a file here plus its import below.
+"""
+
+from llava.model.multimodal_encoder import clip_encoder  # noqa: F401  (registers CLIP)
+from llava.model.multimodal_encoder.base import (
+    TOWERS,
+    VisionTower,
+    build_vision_tower,
+    image_processor_class,
+    load_vision_tower,
+    read_tower_config,
+)
+
+__all__ = ["TOWERS", "VisionTower", "build_vision_tower", "image_processor_class", "load_vision_tower",
+           "read_tower_config"]
