@@ -39,6 +39,10 @@ _same_on_every_rank = True
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+")
 
 
+class DataError(ValueError):
+    """A problem with the user's data: the message says which file, which record, and what to do."""
+
+
 def debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 

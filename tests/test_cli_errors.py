@@ -13,7 +13,7 @@ import pytest
 
 from helpers import cached_checkpoint, make_llava_checkpoint, write_questions
 from llava import errors
-from llava.train.preprocess import InvalidRecord
+from llava.records import InvalidRecord
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def test_what_counts_as_a_clear_error(tmp_path):
 
     assert not errors.is_clear(caught(lambda: torch.zeros(2).view(3)))
     worker = RuntimeError("Caught InvalidRecord in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                          "call last):\n  File \"x.py\", line 1, in f\nllava.train.preprocess.InvalidRecord: "
+                          "call last):\n  File \"x.py\", line 1, in f\nllava.records.InvalidRecord: "
                           "record 'r9': image a.png cannot be read")
     assert errors.is_clear(worker) and errors.message(worker) == "record 'r9': image a.png cannot be read"
     assert not errors.is_clear(RuntimeError("Caught KeyError in DataLoader worker process 0.\nKeyError: 'x'"))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from llava.data import instruct
-from llava.data.io import DataError
+from llava.errors import DataError
 
 
 def human(text):

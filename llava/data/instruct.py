@@ -31,16 +31,9 @@ from contextlib import ExitStack
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.data.io import (
-    DataError,
-    JsonArrayWriter,
-    SkipLog,
-    describe_record,
-    dumps,
-    format_table,
-    iter_json_records,
-    run_cli,
-)
+from llava.data.io import SkipLog, format_table, run_cli
+from llava.errors import DataError
+from llava.records import JsonArrayWriter, describe, dumps, iter_records
 
 logger = logging.getLogger("llava.data")
 
@@ -179,7 +172,7 @@ class _Where:
         self.path, self.index, self.record = path, index, record
 
     def __str__(self) -> str:
-        return f"{self.path}: {describe_record(self.index, self.record)}"
+        return f"{self.path}: {describe(self.index, self.record)}"
 
 
 class _Spill:
@@ -266,7 +259,7 @@ def convert(
             )
         )
         for path in inputs:
-            for index, record in enumerate(iter_json_records(path, on_bytes=progress.update)):
+            for index, record in enumerate(iter_records(path, on_bytes=progress.update)):
                 counts["read"] += 1
                 where = _Where(path, index, record)
                 try:
