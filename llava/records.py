@@ -69,11 +69,12 @@ def iter_records(
         raise DataError(f"{path}: file not found; check the path")
     with open(path, "rb") as f:
         first = _first_char(f)
-        if first is None:
-            raise DataError(f"{path}: file is empty; expected JSON records")
+        if first is None and key is None:  # JSON Lines without a line: no records
+            return
         if key is not None:
             if first != "{":
-                raise DataError(f'{path}: expected a JSON object with a "{key}" list, found {first!r}')
+                found = "an empty file" if first is None else repr(first)
+                raise DataError(f'{path}: expected a JSON object with a "{key}" list, found {found}')
             yield from _iter_array(path, f, f"{key}.item", on_bytes, key=key)
         elif first == "[":
             yield from _iter_array(path, f, "item", on_bytes, on_error=on_error)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.benchmarks.common import load_answers, write_json, write_jsonl
+from llava.eval.benchmarks.common import load_answers
 from llava.eval.benchmarks.registry import BENCHMARKS
+from llava.records import write_json, write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
