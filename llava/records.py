@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import gc
 import json
 import os
 import tempfile
@@ -89,7 +90,15 @@ def iter_records(
 
 def read_records(path: str, key: str | None = None, on_error=None) -> list:
     """`iter_records` as a list."""
-    return list(iter_records(path, key, on_error=on_error))
+    # Building millions of small dicts triggers the cycle collector again and again, for nothing:
+    # records hold no cycles. Pausing it makes loading a large file about a third faster.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return list(iter_records(path, key, on_error=on_error))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load_json(path: str):
@@ -125,28 +134,51 @@ def _line_column(data: bytes, offset: int) -> tuple[int, int]:
 
 
 def _iter_lines(path, f, on_bytes, on_error) -> Iterator:
+    unreported = 0  # bytes not yet passed to on_bytes: a progress bar is updated per megabyte, not per line
     for n, raw in enumerate(f, 1):
-        if on_bytes is not None:
-            on_bytes(len(raw))
+        unreported += len(raw)
+        if on_bytes is not None and unreported >= _PROGRESS_STEP:
+            on_bytes(unreported)
+            unreported = 0
         try:
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise UnreadableRecord(
-                    f"{path} line {n}: byte {raw[exc.start]:#04x} at column {exc.start + 1} is not UTF-8; {_RESAVE}",
-                    "not_utf8") from None
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UnreadableRecord(
-                    f"{path} line {n} is not valid JSON: {exc}; a JSON Lines file holds one whole record per line",
-                    "malformed_json") from None
+            record = _parse_line(path, n, raw)
         except UnreadableRecord as error:
             if on_error is None:
                 raise
             on_error(error)
+            continue
+        if record is not _BLANK:
+            yield record
+    if on_bytes is not None and unreported:
+        on_bytes(unreported)
+
+
+_BLANK = object()
+_PROGRESS_STEP = 1 << 20
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _parse_line(path: str, n: int, raw: bytes):
+    try:
+        line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableRecord(
+            f"{path} line {n}: byte {raw[exc.start]:#04x} at column {exc.start + 1} is not UTF-8; {_RESAVE}",
+            "not_utf8") from None
+    try:  # the common case, a bare record, parsed without json.loads' extra layers
+        record, end = _raw_decode(line)
+        if end == len(line) or line[end:].isspace():
+            return record
+    except json.JSONDecodeError:
+        pass
+    if not line.strip():
+        return _BLANK
+    try:
+        return json.loads(line)  # leading spaces are fine; anything else gets json's own message
+    except json.JSONDecodeError as exc:
+        raise UnreadableRecord(
+            f"{path} line {n} is not valid JSON: {exc}; a JSON Lines file holds one whole record per line",
+            "malformed_json") from None
 
 
 class _Utf8Source:
