@@ -55,6 +55,21 @@ def test_what_counts_as_a_clear_error(tmp_path):
     assert not errors.is_clear(RuntimeError("Caught KeyError in DataLoader worker process 0.\nKeyError: 'x'"))
 
 
+def test_a_file_the_system_refuses_is_one_line_and_data_tools_get_the_status(capsys, tmp_path):
+    import errno
+
+    def disk_full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out.json")
+
+    code, err = exits(capsys, disk_full, program="prog")
+    assert code == 2 and err == f"prog: error: out.json: {os.strerror(errno.ENOSPC)}\n"
+    assert not errors.is_clear(OSError("no file named"))  # not the system's report about a file
+    from llava.data import validate
+
+    assert validate.main(["--data_path", str(tmp_path / "nope.json")]) == 2  # returned, not exited
+    assert capsys.readouterr().err.strip().endswith("error: " + f"{tmp_path / 'nope.json'}: file not found")
+
+
 def test_run_prints_one_line_and_exits_2_and_bugs_keep_their_traceback(capsys, monkeypatch):
     from llava.conversation import get_conv_template
 

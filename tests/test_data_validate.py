@@ -142,11 +142,11 @@ def test_token_lengths_against_model_max_length(tmp_path, image_folder, gpt2_tok
     assert validate_records(clean_records(), tokenizer=tokenizer, model_max_length=600, image_tokens=1).counts == {}
 
 
-def test_unknown_template_is_a_clear_error(tmp_path, gpt2_tokenizer_dir, caplog):
+def test_unknown_template_is_a_clear_error(tmp_path, gpt2_tokenizer_dir, capsys):
     path = tmp_path / "train.json"
     path.write_text(json.dumps(clean_records()))
     assert main(["--data_path", str(path), "--model_name_or_path", gpt2_tokenizer_dir, "--version", "nope"]) == 2
-    assert "unknown conversation template 'nope'" in caplog.text
+    assert "error: --version: unknown conversation template 'nope'" in capsys.readouterr().err
 
 
 def test_converter_output_validates(tmp_path, image_folder):

@@ -16,7 +16,7 @@ from typing import Callable
 
 from PIL import Image
 
-from llava.errors import DataError
+from llava import errors
 from llava.records import AtomicFile
 
 logger = logging.getLogger("llava.data")
@@ -184,23 +184,14 @@ def setup_logging() -> None:
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a converter's main: bad data or I/O errors become one-line messages (exit 2), Ctrl-C exit 130."""
+    """Run a data tool's main with logging and progress bars set up: its exit status, 2 with one line
+    for a clear error (`llava.errors`: bad data, a file that cannot be written), 130 on Ctrl-C."""
     from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from llava.errors import debug
 
     setup_logging()
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
-            return main(argv)
-    except (DataError, OSError) if debug() else ():  # LLAVA_DEBUG=1: the traceback instead of one line
-        raise
-    except DataError as exc:
-        logger.error("%s", exc)
-        return 2
-    except OSError as exc:  # disk full, permissions, ...: say which file, not where in the code
-        logger.error("%s: %s", exc.filename or "I/O error", exc.strerror or exc)
-        return 2
+            return errors.status(main, argv)
     except KeyboardInterrupt:
         logger.error("interrupted; no partial output was written")
         return 130

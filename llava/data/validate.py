@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from llava.data.io import format_table, image_problem, setup_logging
+from llava.data.io import format_table, image_problem, run_cli
 from llava.errors import DataError
 from llava.mm_utils import ImageOutsideFolder, image_path_in_folder
 from llava.preprocess import preprocess
@@ -280,45 +280,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        tokenizer, max_length = None, args.model_max_length
-        if args.model_name_or_path:
-            tokenizer = load_tokenizer(args.model_name_or_path)
-            if max_length is None:
-                declared = getattr(tokenizer, "model_max_length", None)
-                max_length = declared if isinstance(declared, int) and declared < 1_000_000 else 2048
-            from llava.conversation import get_conv_template
+    return run_cli(_main, argv)
 
-            try:
-                get_conv_template(args.version)
-            except ValueError as exc:
-                raise DataError(f"--version: {exc}") from None
-        elif args.model_max_length:
-            logger.info("--model_max_length needs --model_name_or_path (a tokenizer); lengths are not checked")
-        if args.image_folder and not os.path.isdir(args.image_folder):
-            raise DataError(f"{args.image_folder}: --image_folder is not a folder")
-        if not args.image_folder:
-            logger.info("no --image_folder: image files are not checked")
-        report = validate_file(
-            args.data_path,
-            image_folder=args.image_folder,
-            tokenizer=tokenizer,
-            version=args.version,
-            model_max_length=max_length,
-            image_tokens=args.image_tokens,
-            check_images=args.check_images,
-            num_workers=args.num_workers,
-            max_examples=args.max_examples,
-            allow_outside_image_folder=args.allow_outside_image_folder,
-        )
-    except DataError as exc:
-        logger.error("%s", exc)
-        return 2
-    except OSError as exc:
-        logger.error("%s: %s", exc.filename or "I/O error", exc.strerror or exc)
-        return 2
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    tokenizer, max_length = None, args.model_max_length
+    if args.model_name_or_path:
+        tokenizer = load_tokenizer(args.model_name_or_path)
+        if max_length is None:
+            declared = getattr(tokenizer, "model_max_length", None)
+            max_length = declared if isinstance(declared, int) and declared < 1_000_000 else 2048
+        from llava.conversation import get_conv_template
+
+        try:
+            get_conv_template(args.version)
+        except ValueError as exc:
+            raise DataError(f"--version: {exc}") from None
+    elif args.model_max_length:
+        logger.info("--model_max_length needs --model_name_or_path (a tokenizer); lengths are not checked")
+    if args.image_folder and not os.path.isdir(args.image_folder):
+        raise DataError(f"{args.image_folder}: --image_folder is not a folder")
+    if not args.image_folder:
+        logger.info("no --image_folder: image files are not checked")
+    report = validate_file(
+        args.data_path,
+        image_folder=args.image_folder,
+        tokenizer=tokenizer,
+        version=args.version,
+        model_max_length=max_length,
+        image_tokens=args.image_tokens,
+        check_images=args.check_images,
+        num_workers=args.num_workers,
+        max_examples=args.max_examples,
+        allow_outside_image_folder=args.allow_outside_image_folder,
+    )
     print(report.table())
     sys.stdout.flush()
     return 0 if report.ok else 1
