@@ -241,14 +241,15 @@ def _byte_at(f, offset: int) -> int:
 def _malformed(path, f, fed: int, index: int, exc) -> DataError:
     """Where the parse failed: json re-reads what ijson had read (this error path only) for line and column."""
     f.seek(0)
-    data = f.read(fed)
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    where = "at end of file"
+    data = f.read(fed)  # may end inside a character: replaced, the place of the error is before it
+    where, reason = "", (str(exc).strip() or type(exc).__name__).splitlines()[0]
     try:
-        json.loads(data.decode("utf-8-sig"))
+        json.loads(data.decode("utf-8-sig", errors="replace"))
     except json.JSONDecodeError as error:
-        where, reason = f"at line {error.lineno} column {error.colno}", error.msg
-    return DataError(f"{path}: malformed JSON in record {index} {where} ({reason}); fix that spot or re-export the file")
+        where, reason = f" at line {error.lineno} column {error.colno}", error.msg
+    else:  # what Python's json reads and JSON does not allow
+        reason += "; NaN and Infinity are not JSON, write null"
+    return DataError(f"{path}: malformed JSON in record {index}{where} ({reason}); fix that spot or re-export the file")
 
 
 def _require_list(path, f, key) -> None:
