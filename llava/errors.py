@@ -10,7 +10,9 @@ Clear errors are:
 - exceptions of a type defined in the `llava` package (`InvalidRecord`, `ImageTooLarge`, `DataError`, ...);
 - `ValueError` raised by a `raise` statement in llava's own code (our checks), and the `OSError`s that
   name a path (`FileNotFoundError`, `NotADirectoryError`, `IsADirectoryError`, `PermissionError`)
-  raised by llava's own code.
+  raised by llava's own code;
+- an `OSError` from the system about a file it names (disk full, permission denied, ...), wherever
+  raised: printed as `<file>: <reason>`.
 The same built-in types raised inside torch, transformers or any other library, or by a failed
 operation in our code (`int("x")`, a bad unpacking), keep their traceback: they point at a bug or
 at a check we are missing.
@@ -37,6 +39,10 @@ _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permis
 _same_on_every_rank = True
 # torch re-raises a DataLoader worker's exception as "Caught <Type> in DataLoader worker process N."
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+")
+
+
+class DataError(ValueError):
+    """A problem with the user's data: the message says which file, which record, and what to do."""
 
 
 def debug() -> bool:
@@ -72,12 +78,19 @@ def is_clear(exc: BaseException) -> bool:
         return isinstance(exc.code, str)
     if type(exc).__module__.split(".")[0] == "llava":
         return True
+    if isinstance(exc, OSError) and _system_file_error(exc):
+        return True
     if isinstance(exc, _PATH_ERRORS):
         return _raised_by_llava(exc, statement=False)
     if isinstance(exc, ValueError) and not isinstance(exc, UnicodeError):
         return _raised_by_llava(exc, statement=True)
     worker = _WORKER_ERROR.match(str(exc)) if isinstance(exc, RuntimeError) else None
     return bool(worker) and _worker_message(str(exc), worker.group(1)) is not None
+
+
+def _system_file_error(exc: OSError) -> bool:
+    """The system's own report about a named file (`[Errno 28] No space left on device: 'out.json'`)."""
+    return bool(exc.errno and exc.filename and exc.strerror) and exc.args[1:2] == (exc.strerror,)
 
 
 def _worker_message(text: str, type_name: str) -> str | None:
@@ -95,6 +108,8 @@ def message(exc: BaseException) -> str:
     worker = _WORKER_ERROR.match(str(exc)) if isinstance(exc, RuntimeError) else None
     if worker:
         return _worker_message(str(exc), worker.group(1)) or str(exc)
+    if isinstance(exc, OSError) and _system_file_error(exc):
+        return f"{exc.filename}: {exc.strerror}"
     return str(exc) or type(exc).__name__
 
 
@@ -158,6 +173,14 @@ def run(main, *args, program: str | None = None):
 
     Use in every entry point: `if __name__ == "__main__": run(main)`.
     """
+    sys.exit(status(main, *args, program=program))
+
+
+def status(main, *args, program: str | None = None) -> int:
+    """`run` without the exit: the command's exit status (a clear error's line is printed).
+
+    For a `main(argv)` that tests call and that returns its exit status (the data tools).
+    """
     if program is None:  # what the user ran: `python -m llava.eval.model_vqa` or `python scripts/x.py`
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
         program = spec.name if spec is not None else os.path.basename(sys.argv[0]) or "llava"
@@ -168,10 +191,10 @@ def run(main, *args, program: str | None = None):
         if not isinstance(exc.code, str):
             raise
         report(exc, program)
-        sys.exit(EXIT_CODE)
+        return EXIT_CODE
     except Exception as exc:
         if debug() or not is_clear(exc):
             raise
         report(exc, program)
-        sys.exit(EXIT_CODE)
-    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+        return EXIT_CODE
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import cached_checkpoint, make_llava_checkpoint, write_questions
 from llava import errors
-from llava.train.preprocess import InvalidRecord
+from llava.records import InvalidRecord
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,10 +49,25 @@ def test_what_counts_as_a_clear_error(tmp_path):
 
     assert not errors.is_clear(caught(lambda: torch.zeros(2).view(3)))
     worker = RuntimeError("Caught InvalidRecord in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                          "call last):\n  File \"x.py\", line 1, in f\nllava.train.preprocess.InvalidRecord: "
+                          "call last):\n  File \"x.py\", line 1, in f\nllava.records.InvalidRecord: "
                           "record 'r9': image a.png cannot be read")
     assert errors.is_clear(worker) and errors.message(worker) == "record 'r9': image a.png cannot be read"
     assert not errors.is_clear(RuntimeError("Caught KeyError in DataLoader worker process 0.\nKeyError: 'x'"))
+
+
+def test_a_file_the_system_refuses_is_one_line_and_data_tools_get_the_status(capsys, tmp_path):
+    import errno
+
+    def disk_full():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out.json")
+
+    code, err = exits(capsys, disk_full, program="prog")
+    assert code == 2 and err == f"prog: error: out.json: {os.strerror(errno.ENOSPC)}\n"
+    assert not errors.is_clear(OSError("no file named"))  # not the system's report about a file
+    from llava.data import validate
+
+    assert validate.main(["--data_path", str(tmp_path / "nope.json")]) == 2  # returned, not exited
+    assert capsys.readouterr().err.strip().endswith("error: " + f"{tmp_path / 'nope.json'}: file not found")
 
 
 def test_run_prints_one_line_and_exits_2_and_bugs_keep_their_traceback(capsys, monkeypatch):

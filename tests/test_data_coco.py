@@ -6,7 +6,7 @@ import os
 import pytest
 
 from llava.data import coco_captions
-from llava.data.io import DataError
+from llava.errors import DataError
 
 IMAGES = [
     {"id": 391895, "file_name": "000000391895.jpg", "height": 360, "width": 640},

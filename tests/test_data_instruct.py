@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from llava.data import instruct
-from llava.data.io import DataError
+from llava.errors import DataError
 
 
 def human(text):
@@ -215,6 +215,16 @@ def test_invalid_record_names_file_and_record(tmp_path, caplog):
     assert result["written"] == 1
     assert result["skips"].counts == {"bad_roles": 2, "empty_answer": 1, "malformed_record": 1}
     assert "bad_roles=2" in result["skips"].summary()
+
+
+def test_user_assistant_roles_are_accepted_and_written_human_gpt(tmp_path):
+    path, out = tmp_path / "in.json", tmp_path / "out.json"
+    turns = [{"from": "user", "value": "Hi"}, {"from": "assistant", "value": "Hello"}]
+    unanswered = [human("q"), gpt("a"), human("q2")]
+    path.write_text(json.dumps([{"id": "u", "conversations": turns}, {"id": "open", "conversations": unanswered}]))
+    result = instruct.convert([str(path)], str(out), skip_invalid=True)
+    assert load(out) == [{"id": "u", "conversations": [human("Hi"), gpt("Hello")]}]
+    assert result["skips"].counts == {"unanswered_turn": 1}  # split pairs need every question answered
 
 
 def test_malformed_json_error_names_record(tmp_path):

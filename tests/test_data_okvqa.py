@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from llava.data import okvqa
-from llava.data.io import DataError
+from llava.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

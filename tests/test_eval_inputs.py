@@ -68,7 +68,7 @@ def test_non_utf8_question_file_and_unknown_template_fail_before_loading(checkpo
                           + json.dumps({"question_id": 2, "image": image, "text": "caf\u00e9"}).encode("latin-1")
                           .replace(b"\\u00e9", b"\xe9") + b"\n")
     no_model(monkeypatch)
-    with pytest.raises(SystemExit, match=r"model_vqa: .*q\.jsonl:2: byte 0xe9 at column \d+ is not UTF-8"):
+    with pytest.raises(SystemExit, match=r"model_vqa: .*q\.jsonl line 2: byte 0xe9 at column \d+ is not UTF-8"):
         run(checkpoint, questions, images, tmp_path / "a.jsonl")
     good = write_questions(str(tmp_path / "good.jsonl"), [{"question_id": 1, "image": image, "text": "ok"}])
     with pytest.raises(SystemExit, match="model_vqa: unknown conversation template 'vicuna_v9'"):

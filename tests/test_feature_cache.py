@@ -13,11 +13,11 @@ from transformers import AutoTokenizer, CLIPImageProcessor
 
 from llava.model.builder import ensure_pad_token
 from llava.model.registry import get_backbone
+from llava.records import InvalidRecord
 from llava.train import feature_cache
 from llava.train.arguments import parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train.dataset import LazySupervisedDataset
-from llava.train.preprocess import InvalidRecord
 from llava.train.train import train
 
 from test_train_run import base_args, losses, stage1  # noqa: F401  (fixture and helpers shared with the run tests)

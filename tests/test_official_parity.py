@@ -23,7 +23,7 @@ from llava.conversation import conv_templates, get_conv_template
 from llava.inference import InferenceEngine
 from llava.mm_utils import tokenizer_image_token
 from llava.model.registry import get_backbone
-from llava.train.preprocess import preprocess, render
+from llava.preprocess import preprocess, render
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "official_llava")
 

@@ -67,7 +67,7 @@ def test_templates_know_roles_separators_and_stop_strings():
 
 def test_mmtag_templates_wrap_the_image_outside_its_start_end_tokens():
     """Official preprocess_multimodal wraps "<image>" in <Image> tags, then adds <im_start>/<im_end>."""
-    from llava.train.preprocess import render
+    from llava.preprocess import render
 
     turns = [{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A cat."}]
     prompt, _ = render(turns, "v1_mmtag", 1, True)

@@ -12,9 +12,9 @@ from transformers import AutoTokenizer, CLIPImageProcessor
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.builder import ensure_pad_token
+from llava.records import InvalidRecord
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train.dataset import LazySupervisedDataset
-from llava.train.preprocess import InvalidRecord
 from llava.train.sampler import ModalityLengthGroupedSampler, modality_grouped_indices
 
 
@@ -78,8 +78,7 @@ def test_skip_invalid_counts_every_kind(env, tmp_path):
     bads = [{**good(env, 9), "id": f"bad-{k}", **patch} for k, (patch, _) in enumerate(BAD.values())]
     ds = make(env, tmp_path, [good(env, 0), *bads, text(1)], skip_invalid=True)
     assert len(ds) == 2 and ds.stats.total == 6
-    assert ds.stats.skipped == {"missing image": 1, "no answer": 1, "malformed conversation": 1,
-                                "<image> markers do not match images": 1}
+    assert ds.stats.skipped == {"missing image": 1, "bad_roles": 2, "image_token_count": 1}
 
 
 def test_corrupt_image_and_overlong_at_load_time(env, tmp_path):
@@ -105,7 +104,7 @@ def test_jsonl_and_malformed_files(env, tmp_path):
     ds = make(env, tmp_path, [good(env, 0), text(0)], name="d.jsonl")
     assert len(ds) == 2
     (tmp_path / "broken.json").write_text("[{")
-    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+    with pytest.raises(ValueError, match="broken.json: malformed JSON in record 0"):
         LazySupervisedDataset(str(tmp_path / "broken.json"), env["tok"], "phi")
     with pytest.raises(FileNotFoundError, match="--data_path"):
         LazySupervisedDataset(str(tmp_path / "none.json"), env["tok"], "phi")

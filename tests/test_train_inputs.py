@@ -16,10 +16,10 @@ import pytest
 from transformers import AutoTokenizer, CLIPImageProcessor
 
 from llava.model.builder import ensure_pad_token
+from llava.records import InvalidRecord, UnreadableRecord
 from llava.train import feature_cache
 from llava.train.arguments import check_inputs, parse_args
-from llava.train.dataset import LazySupervisedDataset, UnreadableRecord
-from llava.train.preprocess import InvalidRecord
+from llava.train.dataset import LazySupervisedDataset
 from llava.train.train import train
 
 from test_feature_cache import tiny_model
@@ -77,18 +77,18 @@ def test_non_utf8_jsonl_line_is_named_and_skipped_when_asked(env, tmp_path):
         dataset(env, path)
     skipped = dataset(env, path, skip_invalid=True)
     assert [r["id"] for r in skipped.records] == ["r0", "r2"]
-    assert skipped.stats.skipped == {"not UTF-8": 1} and skipped.stats.total == 3
+    assert skipped.stats.skipped == {"not_utf8": 1} and skipped.stats.total == 3
 
 
 def test_non_utf8_in_a_json_list_names_line_column_and_record(env, tmp_path):
     path = tmp_path / "data.json"
     text = json.dumps([record(0), record(1), record(2)], indent=1).encode()
     path.write_bytes(text.replace(b"Question 2", b"Question \xff2"))
-    with pytest.raises(UnreadableRecord, match=r"data\.json line \d+ column \d+, in record #2 \(id 'r2'\): "
+    with pytest.raises(UnreadableRecord, match=r"data\.json line \d+ column \d+, in record 2 \(id 'r2'\): "
                                                r"byte 0xff is not UTF-8"):
         dataset(env, path)
     skipped = dataset(env, path, skip_invalid=True)
-    assert [r["id"] for r in skipped.records] == ["r0", "r1"] and skipped.stats.skipped == {"not UTF-8": 1}
+    assert [r["id"] for r in skipped.records] == ["r0", "r1"] and skipped.stats.skipped == {"not_utf8": 1}
     latin1 = tmp_path / "latin1.json"
     latin1.write_bytes(json.dumps([record(i) for i in range(200)]).replace("Question", "Qu\xe9stion").encode("latin-1"))
     with pytest.raises(ValueError, match="more than 100 bytes that are not UTF-8.*another encoding"):
@@ -102,7 +102,7 @@ def test_malformed_jsonl_line_is_an_error_or_a_counted_skip(env, tmp_path):
         dataset(env, path)
     skipped = dataset(env, path, skip_invalid=True)
     assert [r["id"] for r in skipped.records] == ["r0", "r2"]
-    assert skipped.stats.skipped == {"malformed JSON": 1} and skipped.stats.total == 3
+    assert skipped.stats.skipped == {"malformed_json": 1} and skipped.stats.total == 3
 
 
 @pytest.mark.parametrize("kind", ["absolute", "parent"])

@@ -13,8 +13,8 @@ import torch
 from llava.constants import IGNORE_INDEX
 from llava.constants import IMAGE_TOKEN_INDEX as IMG
 from llava.model.registry import get_backbone
+from llava.preprocess import preprocess, sequence_lengths
 from llava.train.collator import DataCollatorForSupervisedDataset, balanced_rows
-from llava.train.preprocess import preprocess, sequence_lengths
 from llava.train.sampler import (
     TokenLengthGroupedSampler,
     length_grouped_indices,

@@ -10,8 +10,9 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.model.builder import ensure_pad_token
 from llava.model.registry import get_backbone
+from llava.preprocess import preprocess
+from llava.records import InvalidRecord
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train.preprocess import InvalidRecord, preprocess
 
 BACKBONES = ("phi", "llama", "opt", "mpt")
 Q1 = "What shape is in the image?\nAnswer the question using a single word or phrase."

@@ -24,14 +24,9 @@ import os
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.data.io import (
-    DataError,
-    JsonArrayWriter,
-    SkipLog,
-    describe_record,
-    iter_json_records,
-    run_cli,
-)
+from llava.data.io import SkipLog, run_cli
+from llava.errors import DataError
+from llava.records import JsonArrayWriter, describe, iter_records
 
 logger = logging.getLogger("llava.data")
 
@@ -77,10 +72,10 @@ def read_images(path: str) -> tuple[list[int], dict[int, str]]:
     """Image ids in file order and id -> file_name, streamed from the "images" list."""
     order, names = [], {}
     with _progress(path, "images") as bar:
-        for index, image in enumerate(iter_json_records(path, key="images", on_bytes=bar.update)):
+        for index, image in enumerate(iter_records(path, key="images", on_bytes=bar.update)):
             if not isinstance(image, dict) or "id" not in image or not image.get("file_name"):
                 raise DataError(
-                    f"{path}: images {describe_record(index, image)} lacks 'id' or 'file_name'; "
+                    f"{path}: images {describe(index, image)} lacks 'id' or 'file_name'; "
                     "is this a COCO captions file (captions_train2017.json)?"
                 )
             if image["id"] not in names:
@@ -138,9 +133,9 @@ def convert(
     captions: dict = {}  # image_id -> [captions] (or just the first one)
     per_image_count: dict = {}
     with JsonArrayWriter(output) as out, _progress(captions_file, "captions") as bar:
-        for index, ann in enumerate(iter_json_records(captions_file, key="annotations", on_bytes=bar.update)):
+        for index, ann in enumerate(iter_records(captions_file, key="annotations", on_bytes=bar.update)):
             read += 1
-            where = f"{captions_file}: annotations {describe_record(index, ann)}"
+            where = f"{captions_file}: annotations {describe(index, ann)}"
             if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
                 reject("malformed_caption", where, "lacks 'image_id' or 'caption'")
                 continue

@@ -1,11 +1,13 @@
 """LLaVA-Instruct-150K and its siblings (conversation_58k, detail_23k, complex_reasoning_77k,
 llava_v1_5_mix665k) -> clean LLaVA training JSON.
 
-Each record is checked (turns alternate human/gpt starting with human, answers non-empty) and
-normalised: an image record gets exactly one "<image>" marker, at the start of its first human
-turn followed by "\\n"; markers anywhere else, and in text-only records, are removed. Records
-whose image file is missing under --image-folder are dropped and counted. Output records hold
-"id" (the input index when the input has none), "image" (when present) and "conversations".
+Each record gets training's check (llava.records: turns alternate human/gpt or user/assistant
+starting with the human, answers non-empty; here also no unanswered last question) and is
+normalised: roles are written human/gpt; an image record gets exactly one "<image>" marker, at
+the start of its first human turn followed by "\\n"; markers anywhere else, and in text-only
+records, are removed. Records whose image file is missing under --image-folder are dropped and
+counted. Output records hold "id" (the input index when the input has none), "image" (when
+present) and "conversations".
 
 Options: split multi-turn conversations into single question-answer records (ids "{id}_{k}",
 image kept); sort by answer length; write one file per answer-length bucket. Answer length is
@@ -31,16 +33,9 @@ from contextlib import ExitStack
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.data.io import (
-    DataError,
-    JsonArrayWriter,
-    SkipLog,
-    describe_record,
-    dumps,
-    format_table,
-    iter_json_records,
-    run_cli,
-)
+from llava.data.io import SkipLog, format_table, run_cli
+from llava.errors import DataError
+from llava.records import JsonArrayWriter, describe, dumps, iter_records, record_problems
 
 logger = logging.getLogger("llava.data")
 
@@ -55,26 +50,18 @@ class InvalidRecord(Exception):
 
 
 # -- per-record logic ------------------------------------------------------------------------
+# The converter places <image> itself, so marker problems are not the record's.
+_FIXED_HERE = ("image_token_count", "image_token_position")
+
+
 def check_record(record) -> None:
-    """Raise InvalidRecord unless `record` has the LLaVA shape with alternating human/gpt turns."""
-    if not isinstance(record, dict):
-        raise InvalidRecord("malformed_record", f"is a {type(record).__name__}, not an object")
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise InvalidRecord("malformed_record", "has no 'conversations' list")
-    image = record.get("image")
-    if image is not None and not isinstance(image, str):
-        raise InvalidRecord(
-            "unsupported_image", f"'image' is a {type(image).__name__}; only one image path is supported"
-        )
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
-            raise InvalidRecord("malformed_record", f"turn {i} is not {{'from': ..., 'value': str}}")
-        expected = HUMAN if i % 2 == 0 else GPT
-        if turn["from"] != expected:
-            raise InvalidRecord("bad_roles", f"turn {i} is from {turn['from']!r}, expected {expected!r}")
-    if len(turns) % 2:
-        raise InvalidRecord("bad_roles", "ends with a human turn that has no answer")
+    """Raise InvalidRecord unless training accepts `record` (llava.records' check; the markers aside), with
+    one image at most and only whole question-answer pairs."""
+    for problem in record_problems(record):
+        if problem.kind not in _FIXED_HERE and (not problem.warning or problem.kind == "unanswered_turn"):
+            raise InvalidRecord(problem.kind, problem.message)
+    if isinstance(record.get("image"), list):
+        raise InvalidRecord("unsupported_image", "'image' is a list; only one image path is supported")
 
 
 def normalise_image_token(turns: list[dict], has_image: bool) -> tuple[list[dict], bool]:
@@ -82,16 +69,17 @@ def normalise_image_token(turns: list[dict], has_image: bool) -> tuple[list[dict
 
     Returns the new turns and whether anything changed. Turns without a marker keep their
     exact text; turns that had one lose it and surrounding whitespace (as official LLaVA does).
+    Roles are written human/gpt (user/assistant input included).
     """
     result = []
-    for turn in turns:
+    for i, turn in enumerate(turns):
         value = turn["value"]
         if DEFAULT_IMAGE_TOKEN in value:
             value = value.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-        result.append({"from": turn["from"], "value": value})
+        result.append({"from": HUMAN if i % 2 == 0 else GPT, "value": value})  # user/assistant too
     if has_image:
         result[0]["value"] = f"{DEFAULT_IMAGE_TOKEN}\n{result[0]['value']}"
-    changed = any(new["value"] != old["value"] for new, old in zip(result, turns))
+    changed = any(new["value"] != old["value"] or new["from"] != old["from"] for new, old in zip(result, turns))
     return result, changed
 
 
@@ -179,7 +167,7 @@ class _Where:
         self.path, self.index, self.record = path, index, record
 
     def __str__(self) -> str:
-        return f"{self.path}: {describe_record(self.index, self.record)}"
+        return f"{self.path}: {describe(self.index, self.record)}"
 
 
 class _Spill:
@@ -266,7 +254,7 @@ def convert(
             )
         )
         for path in inputs:
-            for index, record in enumerate(iter_json_records(path, on_bytes=progress.update)):
+            for index, record in enumerate(iter_records(path, on_bytes=progress.update)):
                 counts["read"] += 1
                 where = _Where(path, index, record)
                 try:

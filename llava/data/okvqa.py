@@ -37,15 +37,9 @@ from typing import Iterator
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.data.io import (
-    DataError,
-    ImageStore,
-    JsonArrayWriter,
-    JsonLinesWriter,
-    SkipLog,
-    iter_json_records,
-    run_cli,
-)
+from llava.data.io import ImageStore, SkipLog, run_cli
+from llava.errors import DataError
+from llava.records import JsonArrayWriter, JsonLinesWriter, iter_records
 
 logger = logging.getLogger("llava.data")
 
@@ -137,7 +131,7 @@ def load_annotations(path: str) -> dict:
     """question_id -> annotation (OK-VQA annotation files are a few MB)."""
     hint = "is this an OK-VQA/VQA annotations file (mscoco_*2014_annotations.json)?"
     annotations = {}
-    for index, ann in enumerate(iter_json_records(path, key="annotations")):
+    for index, ann in enumerate(iter_records(path, key="annotations")):
         _require(ann, ("question_id", "answers"), path, index, hint)
         if not isinstance(ann["answers"], list):
             raise DataError(f"{path}: record {index} (question_id {ann['question_id']}): 'answers' is not a list")
@@ -149,7 +143,7 @@ def iter_official(questions_file: str, annotations_file: str, image_folder: str,
     """Samples from the official files; yields InvalidSample for questions that cannot be used."""
     annotations = load_annotations(annotations_file)
     hint = "is this an OK-VQA/VQA questions file (OpenEnded_mscoco_*2014_questions.json)?"
-    for index, q in enumerate(iter_json_records(questions_file, key="questions")):
+    for index, q in enumerate(iter_records(questions_file, key="questions")):
         _require(q, ("question_id", "image_id", "question"), questions_file, index, hint)
         qid = q["question_id"]
         try:

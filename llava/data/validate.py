@@ -1,10 +1,12 @@
 """Check a LLaVA training JSON before training on it.
 
-Every record is checked: well-formed JSON, turns alternating human/gpt starting with human,
-one "<image>" marker per image, image files that exist and decode, non-empty answers and,
-given a tokenizer, the rendered length against --model_max_length (image markers count as
---image_tokens patches each). Ends with a table of problems with the first offending records;
-the exit status is 1 when any error was found.
+Every record gets the check training applies (llava.records, so a record passes here iff training
+accepts it): well-formed JSON, turns alternating human/gpt (or user/assistant) starting with the
+human, one "<image>" marker per image or none, non-empty answers, image paths inside
+--image_folder, image files that exist and decode and, given a tokenizer, the sample training
+would build (llava.preprocess) against --model_max_length (each image counts as --image_tokens
+patches). Ends with a table of problems with the first offending records; the exit status is 1
+when any error was found.
 
   python -m llava.data.validate --data_path train.json --image_folder DATA \\
       [--model_name_or_path M --version v1 --model_max_length 2048]
@@ -22,29 +24,35 @@ import os
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.data.io import DataError, format_table, image_problem, iter_json_records, setup_logging
+from llava.data.io import format_table, image_problem, run_cli
+from llava.errors import DataError
+from llava.mm_utils import ImageOutsideFolder, image_path_in_folder
+from llava.preprocess import preprocess
+from llava.records import InvalidRecord, UnreadableRecord, image_paths, iter_records, record_problems
 
 logger = logging.getLogger("llava.data")
 
 # Errors break or silently spoil training; warnings are worth a look.
 ERRORS = {
-    "malformed_json": "the file stops parsing here; later records were not checked",
+    "malformed_json": "not JSON (a JSON list stops parsing here: later records were not checked)",
+    "not_utf8": "bytes that are not UTF-8",
     "malformed_record": "not {id, image?, conversations: [{from, value}, ...]}",
-    "bad_roles": "turns must alternate human/gpt, starting with human and ending with gpt",
+    "bad_roles": "turns must alternate human/gpt (or user/assistant), starting with the human, with an answer",
     "empty_answer": "a gpt turn is empty",
-    "image_token_count": "number of <image> markers differs from the number of images",
+    "image_token_count": "<image> markers do not match the images (one per image, or none)",
+    "image_outside_folder": "image path is absolute or climbs out of --image_folder",
     "missing_image": "image file not found under --image_folder",
     "corrupt_image": "image file does not decode",
-    "answer_truncated_away": "the prompt before the first answer already exceeds model_max_length: nothing to learn",
+    "answer_truncated_away": "cut to model_max_length no answer token is left, or the cut falls inside an image",
 }
 WARNINGS = {
     "truncated": "longer than model_max_length: the end is cut off in training",
     "image_token_position": "<image> is not at the start of the first human turn",
+    "unanswered_turn": "the last human turn has no answer",
     "duplicate_id": "id used by an earlier record",
     "missing_id": "record has no id",
 }
@@ -105,89 +113,6 @@ def record_ref(index: int, record) -> str:
     return f"#{index}"
 
 
-def image_list(record: dict) -> list | None:
-    """The record's image paths ([] for text-only); None when the field is unusable."""
-    image = record.get("image", None)
-    if image is None and "image" not in record:
-        return []
-    if isinstance(image, str) and image:
-        return [image]
-    if isinstance(image, list) and image and all(isinstance(p, str) and p for p in image):
-        return image
-    return None
-
-
-def structure_problems(record) -> list[tuple[str, str]]:
-    """(kind, detail) for everything wrong with a record's shape and text."""
-    if not isinstance(record, dict):
-        return [("malformed_record", f"a {type(record).__name__}, not an object")]
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        return [("malformed_record", "no 'conversations' list")]
-    for i, turn in enumerate(turns):
-        if (
-            not isinstance(turn, dict)
-            or not isinstance(turn.get("value"), str)
-            or not isinstance(turn.get("from"), str)
-        ):
-            return [("malformed_record", f"turn {i} is not {{'from': str, 'value': str}}")]
-    images = image_list(record)
-    if images is None:
-        return [("malformed_record", f"'image' is {record.get('image')!r}; expected a relative path")]
-    problems = []
-    for i, turn in enumerate(turns):
-        expected = "human" if i % 2 == 0 else "gpt"
-        if turn["from"] != expected:
-            problems.append(("bad_roles", f"turn {i} is from {turn['from']!r}, expected {expected!r}"))
-            break
-    else:
-        if len(turns) % 2:
-            problems.append(("bad_roles", "the last human turn has no answer"))
-    empty = [i for i, t in enumerate(turns) if i % 2 == 1 and not t["value"].strip()]
-    if empty:
-        problems.append(("empty_answer", f"turn {empty[0]} is empty"))
-    markers = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in turns)
-    if markers != len(images):
-        problems.append(("image_token_count", f"{markers} <image> markers for {len(images)} images"))
-    elif images and not turns[0]["value"].startswith(DEFAULT_IMAGE_TOKEN):
-        problems.append(("image_token_position", f"first human turn is {turns[0]['value'][:60]!r}"))
-    if record.get("id") is None:
-        problems.append(("missing_id", ""))
-    return problems
-
-
-class LengthChecker:
-    """Renders records with a conversation template and counts tokens like training does."""
-
-    def __init__(self, tokenizer, version: str, model_max_length: int, image_tokens: int):
-        from llava.conversation import get_conv_template
-        from llava.mm_utils import tokenizer_image_token
-
-        get_conv_template(version)  # fail early on an unknown template name
-        self._template = lambda: get_conv_template(version)
-        self._tokenize = tokenizer_image_token
-        self.tokenizer = tokenizer
-        self.model_max_length = model_max_length
-        self.image_tokens = image_tokens
-
-    def _length(self, text: str) -> int:
-        ids = self._tokenize(text, self.tokenizer)
-        images = sum(1 for i in ids if i == IMAGE_TOKEN_INDEX)
-        return len(ids) + images * (self.image_tokens - 1)
-
-    def check(self, turns: list[dict]) -> tuple[int, bool]:
-        """(rendered length, whether even the first answer starts beyond model_max_length)."""
-        conv = self._template()
-        conv.messages = []  # a template's example exchange (v0) is not trained on
-        for i, turn in enumerate(turns):
-            conv.append_message(conv.roles[i % 2], turn["value"])
-        prompt, spans = conv.get_prompt_and_targets()
-        length = self._length(prompt)
-        if length <= self.model_max_length or not spans:
-            return length, False
-        return length, self._length(prompt[: spans[0][0]]) >= self.model_max_length
-
-
 def validate_records(
     records: Iterable,
     image_folder: str | None = None,
@@ -199,16 +124,20 @@ def validate_records(
     num_workers: int = 4,
     max_examples: int = 5,
     progress: tqdm | None = None,
+    allow_outside_image_folder: bool = False,
 ) -> ValidationReport:
     """Check LLaVA records; see the module docstring. Never raises for bad data: it reports it.
 
     check_images: "decode" (open and decode each image once), "exists" or "none".
-    A parse error from a streaming reader (`DataError`) ends the check as `malformed_json`.
+    An `UnreadableRecord` among `records` (see `validate_file`) is reported as its kind; a parse
+    error from a streaming reader (`DataError`) ends the check as `malformed_json`.
     """
     report = ValidationReport(max_examples=max_examples)
-    length_checker = None
     if tokenizer is not None:
-        length_checker = LengthChecker(tokenizer, version, model_max_length or 2048, image_tokens)
+        from llava.conversation import get_conv_template
+
+        get_conv_template(version)  # fail early on an unknown template name
+        model_max_length = model_max_length or 2048
         report.length_checked = True
     image_status: dict[str, str | None] = {}  # path -> problem (None: fine)
     pending: list[tuple[str, str]] = []  # (record ref, path) waiting for a batched check
@@ -243,29 +172,47 @@ def validate_records(
             if progress is not None:
                 progress.set_postfix(records=report.records, refresh=False)
             ref = record_ref(index, record)
-            problems = structure_problems(record)
-            for kind, detail in problems:
-                report.add(kind, ref, detail)
-            if any(kind == "malformed_record" for kind, _ in problems):
+            if isinstance(record, UnreadableRecord):
+                report.add(record.kind, ref, str(record))
                 continue
+            problems = record_problems(record)
+            for problem in problems:
+                report.add(problem.kind, ref, problem.message)
+            if any(not problem.warning for problem in problems):
+                continue  # training refuses it: its images and length do not matter
             if record.get("id") is not None:
                 key = str(record["id"])
                 if key in seen_ids:
                     report.add("duplicate_id", ref)
                 seen_ids.add(key)
+            paths = image_paths(record)
+            try:
+                files = [image_path_in_folder(image_folder, p, "--allow_outside_image_folder",
+                                              allow_outside=allow_outside_image_folder) for p in paths]
+            except ImageOutsideFolder as exc:
+                report.add("image_outside_folder", ref, str(exc))
+                continue
             if image_folder and check_images != "none":
-                pending.extend((ref, os.path.join(image_folder, p)) for p in image_list(record))
+                pending.extend((ref, path) for path in files)
                 if len(pending) >= 256:
                     flush(pool)
-            if length_checker is not None:
-                length, hopeless = length_checker.check(record["conversations"])
-                report.max_length = max(report.max_length, length)
-                if hopeless:
-                    report.add("answer_truncated_away", ref, f"{length} tokens")
-                elif length > length_checker.model_max_length:
-                    report.add("truncated", ref, f"{length} > {length_checker.model_max_length} tokens")
+            if tokenizer is not None:
+                _check_length(report, ref, record, len(paths), tokenizer, version, model_max_length, image_tokens)
         flush(pool)
     return report
+
+
+def _check_length(report, ref, record, num_images, tokenizer, version, max_length, image_tokens) -> None:
+    """The sample training would build from the record (same code), against max_length."""
+    try:
+        sample = preprocess(record["conversations"], tokenizer, version, record_id=record.get("id"),
+                            num_images=num_images, max_length=max_length, image_tokens=image_tokens)
+    except InvalidRecord as exc:
+        report.add("answer_truncated_away", ref, exc.reason)
+        return
+    report.max_length = max(report.max_length, sample.length)
+    if sample.truncated:
+        report.add("truncated", ref, f"{sample.length} > {max_length} tokens")
 
 
 def validate_file(data_path: str, **kwargs) -> ValidationReport:
@@ -273,7 +220,17 @@ def validate_file(data_path: str, **kwargs) -> ValidationReport:
     if not os.path.isfile(data_path):
         raise DataError(f"{data_path}: file not found")
     with tqdm(total=os.path.getsize(data_path), unit="B", unit_scale=True, desc="validate", dynamic_ncols=True) as bar:
-        return validate_records(iter_json_records(data_path, on_bytes=bar.update), progress=bar, **kwargs)
+        return validate_records(_records_and_errors(data_path, bar.update), progress=bar, **kwargs)
+
+
+def _records_and_errors(path: str, on_bytes) -> Iterator:
+    """The file's records in order, a record the file garbles as its UnreadableRecord (reported, not fatal)."""
+    unreadable: list = []
+    for record in iter_records(path, on_bytes=on_bytes, on_error=unreadable.append):
+        yield from unreadable
+        unreadable.clear()
+        yield record
+    yield from unreadable
 
 
 def load_tokenizer(path: str):
@@ -309,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="decode",
         help="how hard to check image files (default: decode each once)",
     )
+    parser.add_argument(
+        "--allow_outside_image_folder",
+        "--allow-outside-image-folder",
+        action="store_true",
+        help="accept image paths that are absolute or climb out of --image_folder (as training's flag does)",
+    )
     parser.add_argument("--num_workers", "--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument(
         "--max_examples", "--max-examples", type=int, default=5, help="offending records listed per problem"
@@ -317,44 +280,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        tokenizer, max_length = None, args.model_max_length
-        if args.model_name_or_path:
-            tokenizer = load_tokenizer(args.model_name_or_path)
-            if max_length is None:
-                declared = getattr(tokenizer, "model_max_length", None)
-                max_length = declared if isinstance(declared, int) and declared < 1_000_000 else 2048
-            from llava.conversation import get_conv_template
+    return run_cli(_main, argv)
 
-            try:
-                get_conv_template(args.version)
-            except ValueError as exc:
-                raise DataError(f"--version: {exc}") from None
-        elif args.model_max_length:
-            logger.info("--model_max_length needs --model_name_or_path (a tokenizer); lengths are not checked")
-        if args.image_folder and not os.path.isdir(args.image_folder):
-            raise DataError(f"{args.image_folder}: --image_folder is not a folder")
-        if not args.image_folder:
-            logger.info("no --image_folder: image files are not checked")
-        report = validate_file(
-            args.data_path,
-            image_folder=args.image_folder,
-            tokenizer=tokenizer,
-            version=args.version,
-            model_max_length=max_length,
-            image_tokens=args.image_tokens,
-            check_images=args.check_images,
-            num_workers=args.num_workers,
-            max_examples=args.max_examples,
-        )
-    except DataError as exc:
-        logger.error("%s", exc)
-        return 2
-    except OSError as exc:
-        logger.error("%s: %s", exc.filename or "I/O error", exc.strerror or exc)
-        return 2
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    tokenizer, max_length = None, args.model_max_length
+    if args.model_name_or_path:
+        tokenizer = load_tokenizer(args.model_name_or_path)
+        if max_length is None:
+            declared = getattr(tokenizer, "model_max_length", None)
+            max_length = declared if isinstance(declared, int) and declared < 1_000_000 else 2048
+        from llava.conversation import get_conv_template
+
+        try:
+            get_conv_template(args.version)
+        except ValueError as exc:
+            raise DataError(f"--version: {exc}") from None
+    elif args.model_max_length:
+        logger.info("--model_max_length needs --model_name_or_path (a tokenizer); lengths are not checked")
+    if args.image_folder and not os.path.isdir(args.image_folder):
+        raise DataError(f"{args.image_folder}: --image_folder is not a folder")
+    if not args.image_folder:
+        logger.info("no --image_folder: image files are not checked")
+    report = validate_file(
+        args.data_path,
+        image_folder=args.image_folder,
+        tokenizer=tokenizer,
+        version=args.version,
+        model_max_length=max_length,
+        image_tokens=args.image_tokens,
+        check_images=args.check_images,
+        num_workers=args.num_workers,
+        max_examples=args.max_examples,
+        allow_outside_image_folder=args.allow_outside_image_folder,
+    )
     print(report.table())
     sys.stdout.flush()
     return 0 if report.ok else 1

@@ -8,17 +8,11 @@ images in OUT/images/.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from typing import Callable
 
-
-def write_json(path: str, payload) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+from llava.records import read_records, write_json, write_jsonl
 
 
 def human_answers(answer: str) -> list[dict]:
@@ -37,14 +31,11 @@ def write_dataset(out_dir: str, image_dir: str, pretrain: list, finetune: list, 
         "eval_questions": os.path.join(out_dir, "eval_questions.json"),
         "eval_annotations": os.path.join(out_dir, "eval_annotations.json"),
     }
-    write_json(paths["pretrain"], pretrain)
-    write_json(paths["finetune"], finetune)
-    write_json(paths["eval_questions"], {"questions": vqa_questions})
-    write_json(paths["eval_annotations"], {"annotations": annotations})
-    tmp = paths["eval_questions_jsonl"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in eval_lines)
-    os.replace(tmp, paths["eval_questions_jsonl"])
+    write_json(paths["pretrain"], pretrain, indent=1)
+    write_json(paths["finetune"], finetune, indent=1)
+    write_json(paths["eval_questions"], {"questions": vqa_questions}, indent=1)
+    write_json(paths["eval_annotations"], {"annotations": annotations}, indent=1)
+    write_jsonl(paths["eval_questions_jsonl"], eval_lines)
     return paths
 
 
@@ -54,8 +45,7 @@ def majority_baseline(finetune_path: str, annotations_path: str, question_type: 
     `question_type` names a training question's type (None: not one the held-out set asks). A tie goes
     to the answer seen first. Returns {"overall": %, "per_type": {type: %}, "answer": {type: majority answer}}.
     """
-    with open(finetune_path) as f:
-        records = json.load(f)
+    records = read_records(finetune_path)
     counts: dict[str, Counter] = {}
     for record in records:
         turns = record["conversations"]
@@ -64,8 +54,7 @@ def majority_baseline(finetune_path: str, annotations_path: str, question_type: 
             if kind:
                 counts.setdefault(kind, Counter())[gpt["value"]] += 1
     majority = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
-    with open(annotations_path) as f:
-        annotations = json.load(f)["annotations"]
+    annotations = read_records(annotations_path, key="annotations")
     hits: dict[str, list[bool]] = {}
     for ann in annotations:
         kind = ann["question_type"]

@@ -28,11 +28,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava import errors
+from llava.errors import DataError
 from llava.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
 from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, processor_mean_color,
     tokenizer_image_tokens,
 )
+from llava.records import describe, question_problems, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -95,24 +97,13 @@ def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
 
 
 def read_questions(path: str) -> list[dict]:
-    questions = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: byte {raw[exc.start]:#04x} at column {exc.start + 1} is not "
-                                 "UTF-8; re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no} is not valid JSON: {exc}") from None
-            missing = [key for key in ("question_id", "text") if key not in record]
-            if missing:
-                raise ValueError(f"{path}:{line_no} lacks {missing}; each question needs question_id, image, text")
-            questions.append(record)
+    """The question file's records (JSON Lines, or a JSON list), each checked by `question_problems`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--question-file {path}: file not found")
+    questions = read_records(path)
+    for index, record in enumerate(questions):
+        for problem in question_problems(record):
+            raise DataError(f"{path}: question {describe(index, record, 'question_id')} {problem.message}")
     return questions
 
 

@@ -6,7 +6,6 @@ tower outputs ("image_features") instead of pixels ("images"), and no image is d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -14,139 +13,15 @@ from dataclasses import dataclass, field
 from torch.utils.data import Dataset
 
 from llava.mm_utils import MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, process_images
+from llava.preprocess import Sample, preprocess, sequence_lengths
+from llava.records import InvalidRecord, UnreadableRecord, image_paths, raise_first_error, read_records, record_problems
 from llava.train.feature_cache import FeatureCache, UnreadableImage
-from llava.train.preprocess import InvalidRecord, Sample, check_conversation, preprocess, sequence_lengths
 
 logger = logging.getLogger(__name__)
 
 # Rough tokens per word, used only to group similar lengths together.
 _IMAGE_LENGTH_BONUS = 128
-
-
-class UnreadableRecord(ValueError):
-    """A record the data file itself garbles (bytes that are not UTF-8, a JSONL line that is not JSON)."""
-
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind
-
-
 _SKIP_HINT = "pass --skip_invalid True to skip such records"
-# More undecodable bytes than this and the file is in another encoding, not damaged here and there.
-_MAX_BAD_BYTES = 100
-
-
-def read_records(path: str, skip_invalid: bool = False, skipped: list | None = None) -> list:
-    """A LLaVA JSON list, or JSONL with one record per line.
-
-    Bytes that are not UTF-8 and (JSONL) lines that are not JSON are errors naming the file, line
-    and record; with `skip_invalid` the record holding them is dropped instead and its error
-    appended to `skipped` (a JSON list's other records still load).
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} does not exist; check --data_path / --eval_data_path")
-    skipped = [] if skipped is None else skipped
-    with open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".jsonl"):
-        return _read_jsonl(path, data, skip_invalid, skipped)
-    text, bad = _decode(path, data)
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); JSONL files must end in .jsonl") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records")
-    if bad:
-        spans = _record_spans(text)
-        garbled = {}
-        for char, (line, column, byte) in bad:
-            index = next((i for i, (start, end) in enumerate(spans) if start <= char < end), None)
-            garbled.setdefault(index, (line, column, byte))
-        for index, (line, column, byte) in garbled.items():
-            where = f"record #{index}" + (f" (id {records[index].get('id')!r})" if index is not None and
-                                          isinstance(records[index], dict) and "id" in records[index] else "")
-            error = UnreadableRecord(
-                f"{path} line {line} column {column}, in {where if index is not None else 'no record'}: byte "
-                f"{byte:#04x} is not UTF-8; re-save the file as UTF-8 (or {_SKIP_HINT})", "not UTF-8")
-            if not skip_invalid or index is None:
-                raise error
-            skipped.append(error)
-        records = [r for i, r in enumerate(records) if i not in garbled]
-    return records
-
-
-def _decode(path: str, data: bytes) -> tuple[str, list]:
-    """UTF-8 text of `data`; undecodable bytes become U+FFFD, listed as (char offset, (line, column, byte))."""
-    try:
-        return data.decode("utf-8-sig"), []
-    except UnicodeDecodeError:
-        pass
-    pieces, bad, start, chars = [], [], 0, 0
-    while True:
-        try:
-            pieces.append(data[start:].decode("utf-8"))
-            break
-        except UnicodeDecodeError as e:
-            good = data[start:start + e.start].decode("utf-8")
-            pieces += [good, "\ufffd"]
-            chars += len(good)
-            position = start + e.start
-            line = data.count(b"\n", 0, position) + 1
-            column = position - (data.rfind(b"\n", 0, position) + 1) + 1
-            bad.append((chars, (line, column, data[position])))
-            chars += 1
-            start += e.end
-            if len(bad) > _MAX_BAD_BYTES:
-                raise ValueError(
-                    f"{path} has more than {_MAX_BAD_BYTES} bytes that are not UTF-8 (the first at line "
-                    f"{bad[0][1][0]} column {bad[0][1][1]}); is it in another encoding? Re-save it as UTF-8"
-                ) from None
-    return "".join(pieces).removeprefix("\ufeff"), bad
-
-
-def _record_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) character offsets of each item of the JSON list in `text`."""
-    decoder, spans = json.JSONDecoder(), []
-    pos = text.index("[") + 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return spans
-        _, end = decoder.raw_decode(text, pos)
-        spans.append((pos, end))
-        pos = end
-
-
-def _read_jsonl(path: str, data: bytes, skip_invalid: bool, skipped: list | None) -> list:
-    records = []
-    for n, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise UnreadableRecord(
-                    f"{path} line {n}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; re-save "
-                    f"the file as UTF-8 (or {_SKIP_HINT})", "not UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UnreadableRecord(f"{path} line {n} is not valid JSON: {e} ({_SKIP_HINT})", "malformed JSON") from None
-        except UnreadableRecord as error:
-            if not skip_invalid:
-                raise
-            skipped.append(error)
-    return records
-
-
-def image_paths(record) -> list[str]:
-    image = record.get("image")
-    if image is None:
-        return []
-    return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
 @dataclass
@@ -194,11 +69,10 @@ class LazySupervisedDataset(Dataset):
         self.max_image_pixels = max_image_pixels
         self.allow_outside_image_folder = allow_outside_image_folder
         self.stats = DataStats()
+        if not os.path.exists(data_path):
+            raise FileNotFoundError(f"data file {data_path} does not exist; check --data_path / --eval_data_path")
         unreadable = []
-        records = read_records(data_path, skip_invalid, unreadable)
-        for error in unreadable:
-            self.stats.skip(error)
-            logger.warning("skipping %s", error)
+        records = read_records(data_path, on_error=self._unreadable(unreadable))
         self.records = self._validate(records, data_path, len(unreadable))
         self._bad: set[int] = set()  # records that failed to load, each counted once
         self._token_lengths: list[int] | None = None
@@ -207,6 +81,18 @@ class LazySupervisedDataset(Dataset):
             self.preload()
 
     # -- upfront checks ----------------------------------------------------------------------
+    def _unreadable(self, unreadable: list):
+        """What to do with a record the file garbles: stop, or (--skip_invalid) count and skip it."""
+
+        def on_error(error: UnreadableRecord) -> None:
+            if not self.skip_invalid:
+                raise UnreadableRecord(f"{error} ({_SKIP_HINT})", error.kind) from None
+            unreadable.append(error)
+            self.stats.skip(error)
+            logger.warning("skipping %s", error)
+
+        return on_error
+
     def _validate(self, records: list, data_path: str, unreadable: int = 0) -> list:
         """Cheap checks over every record (structure, roles, markers, image files) before step 1."""
         kept = []
@@ -214,12 +100,10 @@ class LazySupervisedDataset(Dataset):
         for n, record in enumerate(records):
             record_id = record.get("id", f"#{n}") if isinstance(record, dict) else f"#{n}"
             try:
-                if not isinstance(record, dict):
-                    raise InvalidRecord(record_id, "is not a JSON object", "not a JSON object")
+                raise_first_error(record_id, record_problems(record))
                 paths = image_paths(record)
                 if paths and self.image_processor is None:
-                    raise InvalidRecord(record_id, "has an image but the model has no vision tower")
-                check_conversation(record_id, record.get("conversations"), len(paths))
+                    raise InvalidRecord(record_id, "has an image but the model has no vision tower", "no_vision_tower")
                 for path in paths:
                     full = self._image_file(record_id, path)
                     if not os.path.isfile(full):
@@ -319,8 +203,6 @@ class LazySupervisedDataset(Dataset):
         return [os.path.join(self.image_folder, path) for record in self.records for path in image_paths(record)]
 
     def _image_file(self, record_id, path) -> str:
-        if not isinstance(path, str):
-            raise InvalidRecord(record_id, f"its image {path!r} is not a path", "malformed image path")
         try:
             return image_path_in_folder(self.image_folder, path, "--allow_outside_image_folder True",
                                         allow_outside=self.allow_outside_image_folder)

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from llava.mm_utils import MAX_IMAGE_PIXELS, ImageTooLarge, image_path_in_folder, load_image, process_images
+from llava.records import image_paths, read_records, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -222,17 +223,10 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
         "rows": {_normalise(p): row for row, p in enumerate(paths) if _normalise(p) not in unreadable},
         "unreadable": unreadable, "too_large": too_large,
     }
-    _write_json_atomic(os.path.join(directory, INDEX), index)
+    write_json(os.path.join(directory, INDEX), index, ensure_ascii=True)
     for name in os.listdir(directory):  # earlier generations, now unreferenced
         if name.startswith("features-") and name != features_file:
             os.remove(os.path.join(directory, name))
-
-
-def _write_json_atomic(path: str, value) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".index-", suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(value, f)
-    os.replace(tmp, path)
 
 
 def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, build_allowed: bool = True,
@@ -260,7 +254,6 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
 # -- command line ------------------------------------------------------------------------------
 def main(argv=None) -> None:
     from llava.model.multimodal_encoder import load_vision_tower
-    from llava.train.dataset import image_paths, read_records
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vision_tower", required=True)

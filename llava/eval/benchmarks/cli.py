@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from llava.eval.benchmarks.common import load_answers, write_json, write_jsonl
+from llava.eval.benchmarks.common import load_answers
 from llava.eval.benchmarks.registry import BENCHMARKS
+from llava.records import describe, question_problems, write_json, write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def main(argv=None) -> dict | list:
     try:
         if args.command == "convert":
             questions = benchmark.convert(args)
+            for index, question in enumerate(questions):  # model_vqa's check: what we write, it reads
+                for problem in question_problems(question):
+                    raise ValueError(f"question {describe(index, question, 'question_id')} {problem.message}")
             write_jsonl(args.out, questions)
             with_image = sum(1 for q in questions if q.get("image"))
             print(f"{benchmark.name}: wrote {len(questions)} question(s) ({with_image} with an image) to {args.out}")

@@ -1,11 +1,11 @@
-"""What the benchmark modules share: the prompt suffixes official LLaVA-1.5 appends, file reading
-with errors that name the file and line, and the lookup of answers by question id."""
+"""What the benchmark modules share: the prompt suffixes official LLaVA-1.5 appends and the lookup of
+answers by question id (files are read and written by llava.records)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
+
+from llava.records import read_records
 
 # Official LLaVA-1.5's instructions after the question (docs/Evaluation.md and its eval question files).
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -33,51 +33,10 @@ def is_missing(value) -> bool:
     return isinstance(value, str) and value.strip().lower() in ("nan", "none")
 
 
-def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-
-
-def read_jsonl(path: str) -> list[dict]:
-    records = []
-    try:
-        f = open(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found") from None
-    with f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no} is not valid JSON ({exc}); is the file complete?") from None
-    return records
-
-
-def write_jsonl(path: str, records: list[dict]) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
-
-
-def write_json(path: str, data, **kwargs) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, ensure_ascii=False, **kwargs)
-    return path
-
-
 def load_answers(path: str) -> dict[str, dict]:
     """model_vqa's answers JSONL keyed by str(question_id); a question answered twice is an error."""
     answers: dict[str, dict] = {}
-    for i, record in enumerate(read_jsonl(path)):
+    for i, record in enumerate(read_records(path)):
         if "question_id" not in record or "text" not in record:
             raise ValueError(f"{path}: answer #{i} needs 'question_id' and 'text', got keys {sorted(record)}")
         key = str(record["question_id"])

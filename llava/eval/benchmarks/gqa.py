@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, read_json, with_suffix, write_json
+from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import load_json, write_json
 
 
 def prediction(text: str) -> str:
@@ -84,7 +85,7 @@ class GQA(Benchmark):
     def convert(self, args):
         return [
             {"question_id": qid, "image": f"{q['imageId']}.jpg", "text": with_suffix(q["question"], SHORT_ANSWER), "category": "default"}
-            for qid, q in read_json(args.questions).items()
+            for qid, q in load_json(args.questions).items()
         ]
 
     def add_score_arguments(self, parser):
@@ -94,7 +95,7 @@ class GQA(Benchmark):
         )
 
     def score(self, args, answers):
-        questions = read_json(args.questions)
+        questions = load_json(args.questions)
         found = Answers(answers, questions, args.allow_missing)
         predictions = {qid: prediction(found.text(qid)) for qid in questions}
         if args.predictions_file:

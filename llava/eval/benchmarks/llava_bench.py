@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from llava.eval.benchmarks.common import Answers, read_json, read_jsonl, write_jsonl
+from llava.eval.benchmarks.common import Answers
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import load_json, read_records, write_jsonl
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 
@@ -72,7 +73,7 @@ class LLaVABench(Benchmark):
         parser.add_argument("--questions", required=True, help="llava-bench-in-the-wild/questions.jsonl")
 
     def convert(self, args):
-        questions = read_jsonl(args.questions)
+        questions = read_records(args.questions)
         for i, q in enumerate(questions):
             missing = [k for k in ("question_id", "image", "text", "category") if k not in q]
             if missing:
@@ -88,13 +89,13 @@ class LLaVABench(Benchmark):
         parser.add_argument("--reviews", default=None, help="the judge's replies JSONL, to summarise")
 
     def score(self, args, answers):
-        questions = read_jsonl(args.questions)
+        questions = read_records(args.questions)
         found = Answers(answers, [q["question_id"] for q in questions], args.allow_missing)
         captions = {}
-        for c in read_jsonl(args.context):
+        for c in read_records(args.context):
             captions[c["image"]] = "\n".join(c["caption"]) if isinstance(c["caption"], list) else c["caption"]
-        references = {str(a["question_id"]): a for a in read_jsonl(args.reference_answers)}
-        rules = read_json(args.rule)
+        references = {str(a["question_id"]): a for a in read_records(args.reference_answers)}
+        rules = load_json(args.rule)
         requests = []
         for i, q in enumerate(questions):
             category = f"llava_bench_{q['category']}"
@@ -118,5 +119,5 @@ class LLaVABench(Benchmark):
         write_jsonl(args.judge_file, requests)
         result = {"judge_file": args.judge_file, "questions": len(questions), "missing": found.missing}
         if args.reviews:
-            result["summary"] = summarize(read_jsonl(args.reviews))
+            result["summary"] = summarize(read_records(args.reviews))
         return result

@@ -7,12 +7,13 @@ the results JSON the grader takes, `{"v1_<n>": answer}` (official `convert_mmvet
 
 from __future__ import annotations
 
-from llava.eval.benchmarks.common import Answers, read_json, write_json
+from llava.eval.benchmarks.common import Answers
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import load_json, write_json
 
 
 def load(path: str) -> dict[str, dict]:
-    data = read_json(path)
+    data = load_json(path)
     bad = [key for key in data if not key.startswith("v1_") or not key[3:].isdigit()]
     if bad:
         raise ValueError(f"{path}: keys must be v1_<number>, got {bad[0]!r}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 
-from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, percent, read_jsonl, with_suffix
+from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, percent, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import read_records
 
 # Official llava_pope_test.jsonl numbers adversarial 1.., random 10000001.., popular 20000001..
 SPLIT_OFFSETS = {"adversarial": 0, "random": 10_000_000, "popular": 20_000_000}
@@ -31,7 +32,7 @@ def load_splits(annotation_dir: str) -> dict[str, list[dict]]:
         split = name[len(PREFIX) : -len(SUFFIX)]
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"{name}: unknown POPE split {split!r}; expected one of {sorted(SPLIT_OFFSETS)}")
-        records = read_jsonl(os.path.join(annotation_dir, name))
+        records = read_records(os.path.join(annotation_dir, name))
         for i, record in enumerate(records):
             missing = [k for k in ("question_id", "image", "text", "label") if k not in record]
             if missing:

@@ -10,14 +10,15 @@ appends the objects without newlines; Q-Bench reads either).
 
 from __future__ import annotations
 
-from llava.eval.benchmarks.common import Answers, read_json, write_jsonl
+from llava.eval.benchmarks.common import Answers
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import load_json, write_jsonl
 
 INSTRUCTION = {"en": "\nChoose between one of the options as follows:\n", "zh": "\\在下列选项中选择一个:\n"}
 
 
 def load(path: str) -> list[dict]:
-    items = read_json(path)
+    items = load_json(path)
     if not isinstance(items, list) or not all(isinstance(i, dict) and "img_path" in i and "candidates" in i for i in items):
         raise ValueError(f"{path} is not an LLVisionQA file (a list of items with img_path, question, candidates)")
     return items

@@ -14,18 +14,19 @@ from __future__ import annotations
 import os
 import re
 
-from llava.eval.benchmarks.common import OPTION_LETTER, Answers, format_options, percent, read_json, with_suffix
+from llava.eval.benchmarks.common import OPTION_LETTER, Answers, format_options, percent, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import load_json
 
 OPTIONS = ["A", "B", "C", "D", "E"]
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
 
 def load_split(base_dir: str, split: str) -> dict[str, dict]:
-    splits = read_json(os.path.join(base_dir, "pid_splits.json"))
+    splits = load_json(os.path.join(base_dir, "pid_splits.json"))
     if split not in splits:
         raise ValueError(f"pid_splits.json has no split {split!r}; it has {sorted(splits)}")
-    problems = read_json(os.path.join(base_dir, "problems.json"))
+    problems = load_json(os.path.join(base_dir, "problems.json"))
     absent = [pid for pid in splits[split] if pid not in problems]
     if absent:
         raise ValueError(f"pid_splits.json lists {len(absent)} id(s) absent from problems.json, e.g. {absent[0]!r}")

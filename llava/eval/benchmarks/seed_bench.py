@@ -11,12 +11,13 @@ question type, overall, image-only and video-only; it also writes the leaderboar
 
 from __future__ import annotations
 
-from llava.eval.benchmarks.common import OPTION_LETTER, Answers, format_options, percent, read_json, with_suffix, write_jsonl
+from llava.eval.benchmarks.common import OPTION_LETTER, Answers, format_options, percent, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
+from llava.records import load_json, write_jsonl
 
 
 def load(annotation_file: str) -> tuple[list[dict], dict[int, str]]:
-    data = read_json(annotation_file)
+    data = load_json(annotation_file)
     if not isinstance(data, dict) or "questions" not in data or "question_type" not in data:
         raise ValueError(f"{annotation_file} is not SEED-Bench.json (an object with 'question_type' and 'questions')")
     return data["questions"], {type_id: name for name, type_id in data["question_type"].items()}

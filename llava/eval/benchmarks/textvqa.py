@@ -10,13 +10,14 @@ min(1, matches / 3) averaged over the ten leave-one-out subsets.
 
 from __future__ import annotations
 
-from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, read_json, with_suffix
+from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
 from llava.eval.vqa_normalize import question_accuracy
+from llava.records import load_json
 
 
 def load(path: str) -> list[dict]:
-    data = read_json(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path} is not a TextVQA annotation file (an object with a 'data' list)")
     return data["data"]

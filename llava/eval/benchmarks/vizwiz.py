@@ -8,13 +8,14 @@ through the EvalAI answer processor (official `convert_vizwiz_for_submission.py`
 
 from __future__ import annotations
 
-from llava.eval.benchmarks.common import SHORT_ANSWER, UNANSWERABLE, Answers, read_json, with_suffix, write_json
+from llava.eval.benchmarks.common import SHORT_ANSWER, UNANSWERABLE, Answers, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
 from llava.eval.vqa_normalize import evalai_normalize
+from llava.records import load_json, write_json
 
 
 def load(path: str) -> list[dict]:
-    items = read_json(path)
+    items = load_json(path)
     if not isinstance(items, list) or not all(isinstance(i, dict) and "image" in i and "question" in i for i in items):
         raise ValueError(f"{path} is not a VizWiz annotation file (a list of {{image, question}})")
     return items

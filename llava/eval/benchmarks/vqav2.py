@@ -10,13 +10,14 @@ question file: the server wants all of them; those not in test-dev get "", as of
 
 from __future__ import annotations
 
-from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, read_json, with_suffix, write_json
+from llava.eval.benchmarks.common import SHORT_ANSWER, Answers, with_suffix
 from llava.eval.benchmarks.registry import Benchmark, register
 from llava.eval.vqa_normalize import evalai_normalize
+from llava.records import load_json, write_json
 
 
 def load_questions(path: str) -> tuple[list[dict], str]:
-    data = read_json(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise ValueError(f"{path} is not an official VQA question file (an object with a 'questions' list)")
     # test-dev questions are asked about test2015 images.

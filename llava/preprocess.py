@@ -17,19 +17,7 @@ import torch
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token, tokenizer_image_tokens
-
-HUMAN_ROLES = ("human", "user")
-ASSISTANT_ROLES = ("gpt", "assistant")
-
-
-class InvalidRecord(ValueError):
-    """A training record that cannot become a sample; the message names it and says what to fix."""
-
-    def __init__(self, record_id, reason: str, kind: str = "malformed conversation"):
-        super().__init__(f"record {record_id!r}: {reason}")
-        self.record_id = record_id
-        self.reason = reason
-        self.kind = kind  # short category for the end-of-run summary
+from llava.records import InvalidRecord, conversation_problems, raise_first_error
 
 
 @dataclass
@@ -37,35 +25,7 @@ class Sample:
     input_ids: torch.Tensor
     labels: torch.Tensor
     truncated: bool
-
-
-def check_conversation(record_id, conversations, num_images: int) -> None:
-    """Structure checks that need no tokenizer (run upfront over the whole dataset)."""
-    if not isinstance(conversations, list) or not conversations:
-        raise InvalidRecord(record_id, "'conversations' must be a non-empty list of {'from', 'value'} turns")
-    for i, turn in enumerate(conversations):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
-            raise InvalidRecord(record_id, f"turn {i} is not a {{'from': ..., 'value': str}} object")
-        expected = HUMAN_ROLES if i % 2 == 0 else ASSISTANT_ROLES
-        if turn["from"] not in expected:
-            raise InvalidRecord(
-                record_id,
-                f"turn {i} is from {turn['from']!r} but turns must alternate human, gpt, human, gpt, ... "
-                "starting with the human",
-            )
-        if i % 2 == 1 and not turn["value"].strip():
-            raise InvalidRecord(record_id, f"turn {i} is an empty assistant answer; no answer token to learn from", "no answer")
-    if len(conversations) < 2:
-        raise InvalidRecord(record_id, "the conversation has no assistant ('gpt') turn to learn from", "no answer")
-    markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in conversations)
-    if markers > num_images or 0 < markers < num_images:
-        raise InvalidRecord(
-            record_id,
-            f"{markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} image(s); give one image per marker",
-            "<image> markers do not match images",
-        )
-    if any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in conversations[1:]) and num_images == 1:
-        raise InvalidRecord(record_id, f"the {DEFAULT_IMAGE_TOKEN} marker must be in the first human turn")
+    length: int  # positions before any cut, each image counted as image_tokens
 
 
 def place_image_markers(conversations, num_images: int, image_text: str = DEFAULT_IMAGE_TOKEN) -> list[dict]:
@@ -138,7 +98,7 @@ def preprocess(
     `image_tokens` is how many positions one image fills once the model expands it
     (the tower's patch count), so `max_length` bounds the sequence the LLM really sees.
     """
-    check_conversation(record_id, conversations, num_images)
+    raise_first_error(record_id, conversation_problems(conversations, num_images))
     prompt, spans = render(conversations, template, num_images, mm_use_im_start_end)
     ids, offsets = tokenizer_image_token(prompt, tokenizer, return_offsets=True)
 
@@ -154,10 +114,11 @@ def preprocess(
         raise InvalidRecord(record_id, "no answer token to learn from (are all assistant answers empty?)", "no answer")
 
     truncated = False
+    image_positions = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
+    extra = len(image_positions) * (image_tokens - 1)
+    length = len(ids) + extra
     if max_length is not None:
-        image_positions = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
-        extra = len(image_positions) * (image_tokens - 1)
-        if len(ids) + extra > max_length:
+        if length > max_length:
             keep = max_length - extra
             if keep <= (image_positions[-1] if image_positions else 0):
                 raise InvalidRecord(
@@ -174,4 +135,4 @@ def preprocess(
                     "Raise --model_max_length or split the conversation.",
                     "too long",
                 )
-    return Sample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), truncated)
+    return Sample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), truncated, length)
