@@ -162,8 +162,8 @@ def find_base(model_path: str, model_base: str | None, recorded: str | None, rec
     """The base LLM of a partial checkpoint: `--model-base`, else the base training recorded, when it can be found."""
     if model_base:
         return resolve_pretrained(model_base, "--model-base")
-    if not recorded:
-        raise FileNotFoundError(
+    if not recorded:  # an argument is missing, not a folder
+        raise ValueError(
             f"{model_path} is a {checkpoint_kind(model_path)} checkpoint whose {os.path.basename(recorded_in)} "
             f"names no base model; pass --model-base with the LLM it was trained on"
         )
