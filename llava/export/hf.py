@@ -117,6 +117,13 @@ def chat_template_for(conv: Conversation) -> str:
             "{% else %}{{ " + q(assistant) + " + render(m.content) + " + q(conv.sep) + " }}{% endif %}"
             "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
         )
+    elif style == SeparatorStyle.CHAT:
+        end = q(conv.sep + conv.sep2)
+        body = (
+            "{% if system %}{{ " + q(conv.system_role) + " + system + " + end + " }}{% endif %}"
+            "{% for m in turns %}{{ (" + q(user) + " if m.role == 'user' else " + q(assistant) + ") + "
+            "render(m.content) + " + end + " }}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
+        )
     elif style == SeparatorStyle.PLAIN:
         body = (
             "{% for m in turns %}{% if m.role == 'user' %}"
