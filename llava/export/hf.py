@@ -258,6 +258,13 @@ def export(
             f"weight names do not line up with HF Llava for backbone {backbone.name!r}: "
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
+    if getattr(text_config, "final_logit_softcapping", None):
+        logger.warning(
+            "final_logit_softcapping=%s (Gemma 2) is kept in text_config for servers that build the text model's "
+            "own head (vLLM); transformers' LlavaForConditionalGeneration does not apply it, so its logits are "
+            "this model's before the soft-cap (same argmax, |diff| grows with |logit|)",
+            text_config.final_logit_softcapping,
+        )
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(hf_model.generation_config, name, getattr(tokenizer, name))
     hf_model.generation_config.use_cache = True
