@@ -150,6 +150,31 @@ def phase_reference(root: str) -> dict:
             "results": results}
 
 
+def describe_differences(results: dict) -> None:
+    """Next to each reference row: the tokens it labels that our preprocess (the project's env) does not.
+
+    Our rule (docs/training.md): train each answer and its end-of-turn token, nothing the prompt already
+    gives at inference. Any other difference (ids, or a token we label that the reference does not) is
+    recorded too, and the test fails on it.
+    """
+    from llava.model.registry import get_backbone
+    from llava.train.preprocess import preprocess
+
+    samples = {s["id"]: s for s in SAMPLES}
+    for template, result in results.items():
+        tok = get_backbone(result["tokenizer"]).tiny_tokenizer()
+        for row in result["samples"]:
+            sample = samples[row["id"]]
+            ours = preprocess(sample["conversations"], tok, template, num_images=int(sample["image"]))
+            ids, labels = ours.input_ids.tolist(), ours.labels.tolist()
+            diff = {"input_ids_equal": ids == row["input_ids"]}
+            if diff["input_ids_equal"]:
+                extra = [i for i, (a, b) in enumerate(zip(labels, row["labels"])) if a == -100 and b != -100]
+                diff["reference_also_labels"] = [[i, tok.decode([ids[i]])] for i in extra]
+                diff["we_also_label"] = [i for i, (a, b) in enumerate(zip(labels, row["labels"])) if a != -100 and a != b]
+            row["differs"] = diff
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--next", required=True, help="a checkout of LLaVA-NeXT's llava/ package (its parent folder)")
@@ -163,6 +188,7 @@ def main(argv=None) -> None:
     proc = subprocess.run([args.python, os.path.abspath(__file__), "--next", args.next, "--phase", "reference"],
                           env=env, capture_output=True, text=True, check=True, cwd="/")
     reference = json.loads(proc.stdout.splitlines()[-1])
+    describe_differences(reference["results"])
     golden = {
         "meta": {
             "source": f"LLaVA-VL/LLaVA-NeXT@{NEXT_COMMIT}: llava/train/train.py preprocess_* and llava/conversation.py, "
