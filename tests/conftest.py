@@ -38,7 +38,9 @@ def tiny_llm(tmp_path_factory):
         if backbone not in cache:
             try:
                 cache[backbone] = save_tiny_llm(backbone, str(tmp_path_factory.mktemp(f"tiny-{backbone}")))
-            except ModuleNotFoundError as exc:  # a real vocabulary from an optional wheel (the test extra has it)
+            except ModuleNotFoundError as exc:  # a real vocabulary from a wheel installed apart (.ci/run has it)
+                if os.environ.get("CI"):
+                    raise
                 pytest.skip(str(exc))
         return cache[backbone]
 
