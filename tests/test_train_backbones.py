@@ -70,6 +70,7 @@ def export_diff(checkpoint, out_dir) -> float:
     return (a - b).abs().max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", NEW_BACKBONES)
 def test_backbone_trains_full_lora_qlora_resumes_reloads_generates_exports(
     backbone, tiny_llm, tiny_clip, demo_data, tmp_path
