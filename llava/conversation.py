@@ -22,6 +22,9 @@ class SeparatorStyle(Enum):
     LLAMA_2 = auto()  # "[INST] <<SYS>>...<</SYS>>\n\nq [/INST] a </s><s>[INST] ..."
     MPT = auto()  # ChatML: "<|im_start|>user\nq<|im_end|><|im_start|>assistant\na<|im_end|>"
     PLAIN = auto()  # stage 1: "<image>caption\n", no roles
+    # Role headers + end-of-turn token, as chat-tuned LLMs of today write them: ChatML (Qwen, SmolLM2),
+    # Llama-3, Gemma, Phi-3. "{system_role}{system}{sep}{sep2}" then "{role}{message}{sep}{sep2}" per turn.
+    CHAT = auto()
 
 
 @dataclasses.dataclass
@@ -35,6 +38,7 @@ class Conversation:
     version: str = "unknown"
     offset: int = 0  # the first `offset` messages are the template's own example exchange (v0)
     mmtag: bool = False  # images appear as "<Image><image></Image>" (official's *_mmtag templates)
+    system_role: str = ""  # CHAT: the system turn's header (a system message then replaces only its text)
 
     # -- rendering ---------------------------------------------------------------------
     def get_prompt(self) -> str:
@@ -97,6 +101,16 @@ class Conversation:
                 else:
                     parts.append((role, False))
                     parts.append((msg + self.sep, True))
+        elif style == SeparatorStyle.CHAT:
+            if self.system:
+                parts.append((self.system_role + self.system + self.sep + self.sep2, False))
+            for i, (role, msg) in enumerate(messages):
+                if not msg:
+                    parts.append((role, False))
+                elif i % 2 == 0:
+                    parts.append((role + msg + self.sep + self.sep2, False))
+                else:  # the end-of-turn token is learned (generation stops on it), the text after it is not
+                    parts += [(role, False), (msg + self.sep, True), (self.sep2, False)]
         else:  # pragma: no cover - enum is closed
             raise ValueError(f"unknown separator style {style}")
 
@@ -126,7 +140,7 @@ class Conversation:
         """The string that ends an assistant answer; generation stops on it."""
         if self.sep_style in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2):
             return self.sep2
-        return self.sep
+        return self.sep  # CHAT: the end-of-turn token, not the newline after it
 
 
 def _text_of(message):
@@ -227,7 +241,34 @@ conv_llava_v1_mmtag = dataclasses.replace(conv_vicuna_v1, system=MMTAG_SYSTEM, v
 conv_phi = dataclasses.replace(conv_vicuna_v1, sep2="<|endoftext|>", version="phi")
 conv_opt = dataclasses.replace(conv_vicuna_v1, sep2="</s>", version="opt")
 
-# Every name official LLaVA's --version / --conv-mode accepts, plus ours for Phi-2 and OPT.
+# Today's chat LLMs. LLaVA-NeXT's templates (llava/conversation.py there) render the same strings:
+# llava_llama_3, qwen_1_5 / qwen_2 / qwen_2_5 and gemma_instruct; phi3 and smollm2 follow the models' own chat
+# templates. The tokenizer adds BOS where the family has one (Llama-3, Gemma, Phi-3).
+conv_llava_llama_3 = Conversation(
+    system=LLAVA_LLAMA_2_SYSTEM, system_role="<|start_header_id|>system<|end_header_id|>\n\n",
+    roles=("<|start_header_id|>user<|end_header_id|>\n\n", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    messages=[], sep_style=SeparatorStyle.CHAT, sep="<|eot_id|>", sep2="", version="llama_v3",
+)  # fmt: skip
+conv_qwen = Conversation(
+    system="You are a helpful assistant.", system_role="<|im_start|>system\n",
+    roles=("<|im_start|>user\n", "<|im_start|>assistant\n"), messages=[], sep_style=SeparatorStyle.CHAT,
+    sep="<|im_end|>", sep2="\n", version="qwen",
+)  # fmt: skip
+conv_qwen_2_5 = dataclasses.replace(conv_qwen, system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
+conv_smollm2 = dataclasses.replace(
+    conv_qwen, system="You are a helpful AI assistant named SmolLM, trained by Hugging Face", version="smollm2"
+)
+conv_gemma_instruct = Conversation(
+    system="", roles=("<start_of_turn>user\n", "<start_of_turn>model\n"), messages=[], sep_style=SeparatorStyle.CHAT,
+    sep="<end_of_turn>", sep2="\n", version="gemma",
+)  # fmt: skip
+conv_phi3 = Conversation(
+    system="", system_role="<|system|>\n", roles=("<|user|>\n", "<|assistant|>\n"), messages=[],
+    sep_style=SeparatorStyle.CHAT, sep="<|end|>", sep2="\n", version="phi3",
+)  # fmt: skip
+
+# Every name official LLaVA's --version / --conv-mode accepts, ours for Phi-2 and OPT, and LLaVA-NeXT's
+# for Llama-3, Qwen and Gemma.
 conv_templates: dict[str, Conversation] = {
     "default": conv_vicuna_v0,
     "v0": conv_vicuna_v0,
@@ -247,6 +288,13 @@ conv_templates: dict[str, Conversation] = {
     "mpt": conv_mpt,
     "phi": conv_phi,
     "opt": conv_opt,
+    "llava_llama_3": conv_llava_llama_3,
+    "qwen_1_5": conv_qwen,
+    "qwen_2": conv_qwen,
+    "qwen_2_5": conv_qwen_2_5,
+    "gemma_instruct": conv_gemma_instruct,
+    "phi3": conv_phi3,
+    "smollm2": conv_smollm2,
 }
 
 default_conversation = conv_vicuna_v1

@@ -8,7 +8,8 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BACKBONES = ("phi", "llama", "opt", "mpt")
+BACKBONES = ("phi", "llama", "opt", "mpt", "qwen2", "qwen3", "llama3", "gemma2", "gemma3", "phi3", "smollm2")
+ORIGINAL_BACKBONES = BACKBONES[:4]  # official LLaVA's era; the full projector matrix runs on these
 
 
 def pytest_configure(config):
@@ -35,7 +36,12 @@ def tiny_llm(tmp_path_factory):
 
     def make(backbone: str) -> str:
         if backbone not in cache:
-            cache[backbone] = save_tiny_llm(backbone, str(tmp_path_factory.mktemp(f"tiny-{backbone}")))
+            try:
+                cache[backbone] = save_tiny_llm(backbone, str(tmp_path_factory.mktemp(f"tiny-{backbone}")))
+            except ModuleNotFoundError as exc:  # a real vocabulary from a wheel installed apart (.ci/run has it)
+                if os.environ.get("CI"):
+                    raise
+                pytest.skip(str(exc))
         return cache[backbone]
 
     return make

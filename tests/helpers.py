@@ -182,3 +182,9 @@ def train_in_work_folder(root, llm_path: str, clip_path: str, args: list[str]):
     finally:
         os.chdir(here)
     return root
+
+
+def soft_capped(logits, hf_model):
+    """transformers' Llava skips the text model's final logit soft-cap (Gemma 2); apply it as vLLM's Gemma 2 does."""
+    cap = getattr(hf_model.config.text_config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import cached_checkpoint
+from conftest import BACKBONES
+from helpers import cached_checkpoint, soft_capped
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates, get_conv_template
 from llava.export.hf import ExportError, chat_template_for, check_exportable, export
@@ -32,7 +33,7 @@ def _ours_and_exported(checkpoint, out_dir, question="What is this?"):
     return engine, engine.prepare(conv, image), hf_model, processor, image
 
 
-@pytest.mark.parametrize("backbone", ["phi", "llama", "opt", "mpt"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_exported_logits_match_ours(backbone, tmp_path_factory, tiny_llm, tiny_clip, tmp_path):
     checkpoint = cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, backbone, image_aspect_ratio="pad")
     engine, item, hf_model, processor, image = _ours_and_exported(checkpoint, tmp_path / "hf")
@@ -51,7 +52,7 @@ def test_exported_logits_match_ours(backbone, tmp_path_factory, tiny_llm, tiny_c
         theirs = hf_model(input_ids=expanded[None], pixel_values=item.image[None]).logits
     vocab = ours.shape[-1]
     assert theirs.shape[1] == ours.shape[1]
-    assert (ours - theirs[..., :vocab]).abs().max().item() <= 1e-4
+    assert (ours - soft_capped(theirs, hf_model)[..., :vocab]).abs().max().item() <= 1e-4
 
     # The processor renders our prompt, pads the image like we do, and expands <image> per patch.
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
@@ -60,9 +61,10 @@ def test_exported_logits_match_ours(backbone, tmp_path_factory, tiny_llm, tiny_c
     inputs = processor(text=text, images=image, return_tensors="pt")
     assert torch.equal(inputs["pixel_values"][0], item.image)
     assert int((inputs["input_ids"] == hf_model.config.image_token_id).sum()) == n_patches
-    if backbone != "llama":
+    tokens = processor.tokenizer.convert_ids_to_tokens(processor.tokenizer("a b", add_special_tokens=False).input_ids)
+    if not any(t.startswith("▁") for t in tokens):
         # SentencePiece adds a "▁" to the chunk after <image> when LLaVA tokenises chunks
-        # separately (official LLaVA does too); HF tokenises the whole string, so LLaMA differs by that token.
+        # separately (official LLaVA does too); HF tokenises the whole string, so those differ by that token.
         assert torch.equal(inputs["input_ids"][0], expanded)
 
 

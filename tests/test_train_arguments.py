@@ -40,7 +40,7 @@ def test_conflicting_flags_are_clear_errors(flags, message):
 def test_cpu_defaults_and_unknown_backbone():
     model_args, _, training_args = parse_args([*REQUIRED, "--backbone", "gpt5"])
     assert training_args.remove_unused_columns is False  # batches carry `images`
-    with pytest.raises(ValueError, match="--backbone 'gpt5' is unknown; choose one of llama, mpt, opt, phi"):
+    with pytest.raises(ValueError, match="--backbone 'gpt5' is unknown; choose one of gemma2, gemma3, llama, llama3, mpt, opt, phi, phi3, qwen2, qwen3, smollm2"):
         resolve_backbone(model_args)
     with pytest.raises(SystemExit):
         parse_args(["--output_dir", "/tmp/x"])  # no --model_name_or_path / --vision_tower / --data_path

@@ -117,6 +117,13 @@ def chat_template_for(conv: Conversation) -> str:
             "{% else %}{{ " + q(assistant) + " + render(m.content) + " + q(conv.sep) + " }}{% endif %}"
             "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
         )
+    elif style == SeparatorStyle.CHAT:
+        end = q(conv.sep + conv.sep2)
+        body = (
+            "{% if system %}{{ " + q(conv.system_role) + " + system + " + end + " }}{% endif %}"
+            "{% for m in turns %}{{ (" + q(user) + " if m.role == 'user' else " + q(assistant) + ") + "
+            "render(m.content) + " + end + " }}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
+        )
     elif style == SeparatorStyle.PLAIN:
         body = (
             "{% for m in turns %}{% if m.role == 'user' %}"
@@ -250,6 +257,13 @@ def export(
         raise ExportError(
             f"weight names do not line up with HF Llava for backbone {backbone.name!r}: "
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    if getattr(text_config, "final_logit_softcapping", None):
+        logger.warning(
+            "final_logit_softcapping=%s (Gemma 2) is kept in text_config for servers that build the text model's "
+            "own head (vLLM); transformers' LlavaForConditionalGeneration does not apply it, so its logits are "
+            "this model's before the soft-cap (same argmax, |diff| grows with |logit|)",
+            text_config.final_logit_softcapping,
         )
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(hf_model.generation_config, name, getattr(tokenizer, name))

@@ -24,10 +24,14 @@ from llava.model.registry import backbone_for_config
 
 logger = logging.getLogger(__name__)
 
-def ensure_pad_token(tokenizer) -> None:
-    """Give tokenizers without a pad token (LLaMA-2, MPT, Phi-2) one, as official LLaVA does."""
+def ensure_pad_token(tokenizer, preferred: str | None = None) -> None:
+    """Give tokenizers without a pad token (LLaMA-2, MPT, Phi-2, Llama-3) one, as official LLaVA does:
+    the backbone's `preferred` pad when the vocabulary holds it, else UNK, else EOS."""
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+        if preferred is not None and preferred in tokenizer.get_vocab():
+            tokenizer.pad_token = preferred
+        else:
+            tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
 
 
 def load_non_lora_trainables(model, path: str) -> None:
@@ -104,7 +108,7 @@ def load_pretrained_model(
             model = _apply_lora(model, layout.path, merge=quantization is None)
 
     tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer_source)
-    ensure_pad_token(tokenizer)
+    ensure_pad_token(tokenizer, backbone_for_config(model.config).pad_token)
     model.eval()
 
     image_processor = None

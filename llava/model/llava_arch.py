@@ -140,6 +140,13 @@ class LlavaMetaForCausalLM:
         model.config.architectures = [type(model).__name__]  # not the plain LLM's class a base config names
         missing = set(info.get("missing_keys", ())) | model.__dict__.pop("_vision_keys_missing", set())
         loaded_from = str(args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+        dropped = sorted(info.get("unexpected_keys", ()))
+        if dropped:  # a weight this class has no place for would silently vanish from the trained model
+            raise ValueError(
+                f"{loaded_from} holds {len(dropped)} weight(s) {type(model).__name__} has no place for, e.g. "
+                f"{', '.join(dropped[:3])}; it is another family's checkpoint: load it with the backbone of its "
+                "model_type (leave --backbone out)"
+            )
         layout = llava_checkpoint or CheckpointLayout(loaded_from, FULL, mm_vision_tower=getattr(model.config, "mm_vision_tower", None))
         tower = model.get_vision_tower()
         if tower is not None and any(".vision_tower." in key for key in missing):
@@ -446,6 +453,9 @@ class LlavaMetaForCausalLM:
         targets = labels[:, 1:].to(hidden.device)
         picked = targets != IGNORE_INDEX
         logits = self.get_output_embeddings()(hidden[:, :-1][picked]).float()
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:  # Gemma 2 squashes its logits before the loss; its own forward does the same
+            logits = torch.tanh(logits / cap) * cap
         loss = nn.functional.cross_entropy(logits, targets[picked], reduction="sum")
         if num_items_in_batch is None:
             loss = loss / picked.sum().clamp(min=1)

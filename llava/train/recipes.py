@@ -13,13 +13,13 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 from transformers.integrations import deepspeed as hf_deepspeed
 
 from llava.model.builder import ensure_pad_token
 from llava.model.llava_arch import load_projector_weights
 from llava.model.quantization import bnb_config
-from llava.model.registry import backbone_for_config, backbone_names, get_backbone
+from llava.model.registry import backbone_for_checkpoint, backbone_names
 from llava.model.zero3 import full_numel, gathered, outside_zero3
 
 logger = logging.getLogger(__name__)
@@ -28,22 +28,20 @@ VISION_PARTS = ("vision_tower", "mm_projector")
 
 
 def resolve_backbone(model_args):
-    if model_args.backbone:
-        if model_args.backbone not in backbone_names():
-            raise ValueError(f"--backbone {model_args.backbone!r} is unknown; choose one of {', '.join(backbone_names())}")
-        return get_backbone(model_args.backbone)
-    return backbone_for_config(AutoConfig.from_pretrained(model_args.model_name_or_path))
+    if model_args.backbone and model_args.backbone not in backbone_names():
+        raise ValueError(f"--backbone {model_args.backbone!r} is unknown; choose one of {', '.join(backbone_names())}")
+    return backbone_for_checkpoint(model_args.model_name_or_path, model_args.backbone)
 
 
 def compute_dtype(training_args) -> torch.dtype:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
 
 
-def load_tokenizer(model_args, training_args):
+def load_tokenizer(model_args, training_args, pad_token: str | None = None):
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, model_max_length=training_args.model_max_length, padding_side="right"
     )
-    ensure_pad_token(tokenizer)
+    ensure_pad_token(tokenizer, pad_token)
     return tokenizer
 
 
@@ -89,14 +87,14 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
     if bits in (4, 8):
         kwargs["quantization_config"] = bnb_config(bits, dtype, training_args.double_quant, training_args.quant_type)
         kwargs["device_map"] = {"": training_args.device}
-    attn = model_args.attn_implementation or ("eager" if backbone.name == "mpt" else None)
+    attn = model_args.attn_implementation or backbone.attn_implementation
     if attn:
         kwargs["attn_implementation"] = attn
     logger.info("loading %s LLM %s (%s)", backbone.name, model_args.model_name_or_path, dtype)
     model = backbone.model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
     model.config.use_cache = False
     model.label_logits_only = training_args.label_logits_only
-    tokenizer = load_tokenizer(model_args, training_args)
+    tokenizer = load_tokenizer(model_args, training_args, backbone.pad_token)
 
     with outside_zero3():
         model.get_model().initialize_vision_modules(

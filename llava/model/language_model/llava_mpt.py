@@ -39,6 +39,7 @@ def tiny_tokenizer():
     conv_template="mpt",
     tiny_config=tiny_config,
     tiny_tokenizer=tiny_tokenizer,
+    attn_implementation="eager",  # transformers' MPT has no sdpa path
 )
 class LlavaMptForCausalLM(LlavaMetaForCausalLM, MptForCausalLM):
     config_class = LlavaMptConfig
