@@ -19,7 +19,7 @@ import pytest
 from llava.constants import IGNORE_INDEX
 from llava.conversation import get_conv_template
 from llava.model.registry import get_backbone
-from llava.train.preprocess import preprocess, render
+from llava.preprocess import preprocess, render
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "llava_next", "preprocess.json")
 with open(GOLDEN, encoding="utf-8") as f:

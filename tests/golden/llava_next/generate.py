@@ -158,7 +158,7 @@ def describe_differences(results: dict) -> None:
     recorded too, and the test fails on it.
     """
     from llava.model.registry import get_backbone
-    from llava.train.preprocess import preprocess
+    from llava.preprocess import preprocess
 
     samples = {s["id"]: s for s in SAMPLES}
     for template, result in results.items():
