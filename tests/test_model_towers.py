@@ -17,8 +17,6 @@ import torch
 from PIL import Image
 from transformers import (
     BitImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModel,
     Dinov2Config,
     Dinov2Model,
     Dinov2WithRegistersConfig,
@@ -35,7 +33,7 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.layout import TOWER_COPY, checkpoint_kind
 from llava.model.multimodal_encoder import TOWERS, load_vision_tower
-from llava.model.multimodal_encoder.fused import FusedVisionTower, main as write_fused
+from llava.model.multimodal_encoder.fused import main as write_fused
 from llava.train import feature_cache
 from llava.train.train import train
 
