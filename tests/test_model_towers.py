@@ -181,7 +181,7 @@ def test_cached_features_are_the_towers(towers, family, demo_data, tmp_path):
 # -- training, reload, generation, export --------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(towers, tiny_llm, demo_data, tmp_path_factory):
-    """Per family: full (2 steps, a checkpoint each), its resume from checkpoint-1, LoRA and QLoRA (1 step each)."""
+    """Per family: full and QLoRA (1 step each), LoRA (2 steps, a checkpoint each) and its resume from checkpoint-1."""
     root = tmp_path_factory.mktemp("tower-runs")
     made = {}
 
@@ -196,14 +196,16 @@ def runs(towers, tiny_llm, demo_data, tmp_path_factory):
 
     def get(family):
         if family not in made:
-            lora = ("--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "1", "--save_strategy", "no")
-            full = run(family, "full", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
+            lora = ("--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8")
+            once = ("--max_steps", "1", "--save_strategy", "no")
+            # Resume on LoRA, whose checkpoints are small; the full run writes only its final checkpoint.
+            first = run(family, "lora", *lora, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
             made[family] = {
-                "full": full,
-                "resumed": run(family, "resumed", "--max_steps", "2", "--save_strategy", "no",
-                               "--resume_from_checkpoint", str(full / "checkpoint-1")),
-                "lora": run(family, "lora", *lora),
-                "qlora": run(family, "qlora", *lora, "--bits", "4"),
+                "full": run(family, "full", *once),
+                "lora": first,
+                "resumed": run(family, "resumed", *lora, "--max_steps", "2", "--save_strategy", "no",
+                               "--resume_from_checkpoint", str(first / "checkpoint-1")),
+                "qlora": run(family, "qlora", *lora, *once, "--bits", "4"),
             }
         return made[family]
 
@@ -224,8 +226,8 @@ def _logits(model, tower):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_runs_resume_and_reload(runs, towers, family, tmp_path):
     out = runs(family)
-    losses = _losses(out["full"])
-    assert sorted(losses) == [1, 2] and all(v > 0 for v in losses.values())
+    losses = _losses(out["lora"])
+    assert sorted(losses) == [1, 2] and all(v > 0 for v in losses.values()) and _losses(out["full"])[1] > 0
     assert _losses(out["resumed"])[2] == pytest.approx(losses[2], rel=1e-4)  # resumed like the uninterrupted run
     assert [checkpoint_kind(str(out[k])) for k in ("full", "lora", "qlora")] == ["full", "lora", "lora"]
 
@@ -263,17 +265,15 @@ def test_generates(runs, family):
     assert new.shape == (1, 4)
 
 
-@pytest.mark.parametrize("family", ["siglip_vision_model", "dinov2"])
-def test_export_gives_equal_logits(runs, family, tmp_path):
+def _assert_export_matches(checkpoint: str, out_dir, strategy: str) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from llava.export.hf import export
     from llava.inference import InferenceEngine
 
-    checkpoint = str(runs(family)["full"])
-    export(checkpoint, str(tmp_path))
-    hf_model = LlavaForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
-    hf_processor = AutoProcessor.from_pretrained(str(tmp_path))
+    export(checkpoint, str(out_dir))
+    hf_model = LlavaForConditionalGeneration.from_pretrained(str(out_dir)).eval()
+    hf_processor = AutoProcessor.from_pretrained(str(out_dir))
     engine = InferenceEngine.from_pretrained(checkpoint)
     conv = engine.new_conversation()
     engine.add_user_turn(conv, "What is this?", has_image=True)
@@ -283,13 +283,26 @@ def test_export_gives_equal_logits(runs, family, tmp_path):
                           for t in item.input_ids])
     inputs = hf_processor(text=item.prompt, images=_image(), return_tensors="pt")
     assert torch.equal(inputs["pixel_values"][0], item.image) and torch.equal(inputs["input_ids"][0], expanded)
-    assert hf_model.config.vision_feature_select_strategy == ("full" if PREFIX[family] == 0 else "default")
+    assert hf_model.config.vision_feature_select_strategy == strategy
     with torch.no_grad():
         ours = engine.model(input_ids=item.input_ids[None], images=item.image[None]).logits
         theirs = hf_model(input_ids=expanded[None], pixel_values=item.image[None]).logits
-    # Training moved Phi's head bias, which transformers' Llava drops (vLLM applies it; see llava.export.hf).
+    # A trained Phi head has a bias, which transformers' Llava drops (vLLM applies it; see llava.export.hf).
     bias = engine.model.get_output_embeddings().bias
     assert (ours - theirs[..., : ours.shape[-1]] - bias).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["siglip_vision_model", "dinov2"])
+def test_export_gives_equal_logits(runs, family, tmp_path):
+    _assert_export_matches(str(runs(family)["full"]), tmp_path, "full" if PREFIX[family] == 0 else "default")
+
+
+def test_registers_export_with_cls_patch(towers, tiny_llm, tmp_path):
+    from helpers import make_llava_checkpoint
+
+    checkpoint = make_llava_checkpoint(str(tmp_path / "ckpt"), tiny_llm("phi"), towers["dinov2_with_registers"],
+                                       select_feature="cls_patch", image_aspect_ratio="pad")
+    _assert_export_matches(checkpoint, tmp_path / "hf", "full")  # all 5 leading tokens kept, as HF's "full" does
 
 
 @pytest.mark.parametrize("family, message", [
