@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -35,11 +36,12 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.layout import TOWER_COPY, checkpoint_kind
 from llava.model.multimodal_encoder import TOWERS, load_vision_tower
-from llava.model.multimodal_encoder.fused import main as write_fused
 from llava.train import feature_cache
 from llava.train.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from fuse_vision_towers import main as write_fused  # noqa: E402  (the command users run)
 SIZE, PATCH, WIDTH = dict(image_size=32, patch_size=8), 8, 32
 LAYERS = dict(hidden_size=WIDTH, num_hidden_layers=3, num_attention_heads=2)
 FAMILIES = ("siglip_vision_model", "dinov2", "dinov2_with_registers", "fused_vision_model")

@@ -3,8 +3,7 @@
 prismatic-vlms found DINOv2 + SigLIP (both towers' patch features side by side) its best vision backbone.
 A fused tower is a folder like any other tower's, written once from its parts' folders:
 
-    python -m llava.model.multimodal_encoder.fused --towers checkpoints/dinov2 checkpoints/siglip \
-        --out checkpoints/dinov2-siglip
+    python scripts/fuse_vision_towers.py --towers DINOV2_DIR SIGLIP_DIR --out checkpoints/dinov2-siglip
 
 and then named as usual (`--vision_tower checkpoints/dinov2-siglip`, `VISION_TOWER=...`). Its config.json
 (model_type "fused_vision_model") holds each part's config, model.safetensors each part's weights
@@ -18,7 +17,6 @@ stacked on the channel axis, (N, 3 * parts, H, W), through the data pipeline eve
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -97,7 +95,7 @@ class FusedImageProcessor:
             saved = json.load(f)
         if saved.get("image_processor_type") != cls.__name__:
             raise ValueError(f"{source}: {PROCESSOR_FILE} is not a fused tower's image processor; "
-                             f"write the tower with `python -m {__name__}`")
+                             "write the tower with scripts/fuse_vision_towers.py")
         return cls(image_processor_class(d["image_processor_type"]).from_dict(d) for d in saved["processors"])
 
 
@@ -172,20 +170,3 @@ def save_fused_tower(sources: list[str], out_dir: str) -> str:
     FusedImageProcessor(p.load_image_processor() for p in parts).save_pretrained(out_dir)
     return out_dir
 
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--towers", nargs="+", required=True,
-                        help="the towers' folders or cached hub names, e.g. a DINOv2 then a SigLIP")
-    parser.add_argument("--out", required=True, help="output directory (pass it as --vision_tower)")
-    args = parser.parse_args(argv)
-    from llava.model.paths import resolve_pretrained
-
-    save_fused_tower([resolve_pretrained(t, "--towers") for t in args.towers], args.out)
-    print(f"wrote a fused vision tower of {' + '.join(args.towers)} to {args.out}")
-
-
-if __name__ == "__main__":
-    from llava.errors import run
-
-    run(main)
