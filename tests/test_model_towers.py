@@ -3,8 +3,8 @@ QLoRA, resume), reload, generation, HF export and the feature cache; ZeRO-3 on 2
 
 CLIP's own runs are in test_train_run.py / test_export.py / test_feature_cache.py; here the other families,
 each from a tiny random-init tower written by plain transformers `save_pretrained` with its own image processor.
-Measured on 2 shared CPU cores under a load average of 7-9: 224 s without the slow tests (16 training runs of
-a few steps), and 105-150 s for each 2-process ZeRO-3 run.
+Measured on 2 shared CPU cores (load average 4-5): 197 s in all, of which the four 2-process ZeRO-3 runs (slow)
+take 25-43 s each and the rest 73 s (16 training runs of 1-2 steps: 47 s).
 """
 
 from __future__ import annotations
