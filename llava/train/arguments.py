@@ -23,7 +23,7 @@ class ModelArguments:
     version: str | None = field(
         default=None, metadata={"help": "conversation template (plain for stage 1); default: the backbone's"}
     )
-    vision_tower: str = field(default=None, metadata={"help": "CLIP vision tower directory or cached name"})
+    vision_tower: str = field(default=None, metadata={"help": "vision tower directory or cached name (CLIP, SigLIP, DINOv2, or a fused tower's folder)"})
     mm_projector_type: str = field(default="linear", metadata={"help": "linear, mlp2x_gelu, simple_resblock, identity"})
     mm_vision_select_layer: int = field(default=-2)
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch or cls_patch"})

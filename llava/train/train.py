@@ -76,8 +76,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
                 dataset.preload()
         collator.feature_shape = cache.feature_shape
     else:
-        size = image_processor.crop_size
-        collator.image_shape = (tower.config.num_channels, size["height"], size["width"])
+        collator.image_shape = tower.pixel_shape
     return train, evaluation, image_processor, collator
 
 

@@ -3,7 +3,7 @@
 Importing this package registers every family; a new one is a file here plus its import below.
 """
 
-from llava.model.multimodal_encoder import clip_encoder  # noqa: F401  (registers CLIP)
+from llava.model.multimodal_encoder import clip_encoder, dinov2, fused, siglip  # noqa: F401  (register the families)
 from llava.model.multimodal_encoder.base import (
     TOWERS,
     VisionTower,

@@ -1,10 +1,11 @@
 """What a vision tower is to the rest of the code, and the registry that picks one by config `model_type`.
 
-A tower family (CLIP today) is one file: a `VisionTower` subclass naming its transformers config and
-model classes, how many tokens precede the patches (CLS, registers), how to run the encoder up to a
-layer, and the `@register_tower(...)` model types it reads. Everything else - building from a config,
-loading weights, the image processor, the layer/feature selection, the copy written into partial
-checkpoints, the feature-cache key, the names an export needs - is here, written once.
+A tower family (CLIP, SigLIP, DINOv2, the fused DINOv2 + SigLIP) is one file: a `VisionTower`
+subclass naming its transformers config and model classes, how many tokens precede the patches (CLS,
+registers), how its embeddings and encoder layers are reached, and the `@register_tower(...)` model
+types it reads. Everything else - building from a config, loading weights, the image processor, the
+layer/feature selection, the copy written into partial checkpoints, the feature-cache key, the names an
+export needs - is here, written once; a family overrides a piece only where it differs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SELECT_FEATURES = ("patch", "cls_patch")
 _CONFIG_NOISE = ("_name_or_path", "dtype", "torch_dtype", "transformers_version")
 
 TOWERS: dict[str, type["VisionTower"]] = {}
+# Model types a family knows but cannot run through this interface, with what to use instead.
+REFUSED: dict[str, str] = {}
 
 
 def register_tower(*model_types: str):
@@ -40,7 +43,15 @@ def register_tower(*model_types: str):
     return add
 
 
+def refuse_tower(*model_types: str, reason: str) -> None:
+    """Name model types that are refused with `reason` rather than as unknown."""
+    for model_type in model_types:
+        REFUSED[model_type] = reason
+
+
 def tower_class(model_type: str | None, source: str = "the vision tower") -> type["VisionTower"]:
+    if model_type in REFUSED:
+        raise ValueError(f"{source}: config model_type {model_type!r} is not supported: {REFUSED[model_type]}")
     if model_type not in TOWERS:
         raise ValueError(
             f"{source}: config model_type {model_type!r} is not a supported vision tower; "
@@ -56,8 +67,8 @@ def source_model_type(source: str) -> str | None:
 
 
 def read_tower_config(source: str) -> PretrainedConfig:
-    """The vision config of the tower at `source` (a full CLIP folder gives its vision part)."""
-    return tower_class(source_model_type(source), source).config_class.from_pretrained(source)
+    """The vision config of the tower at `source` (a full CLIP or SigLIP folder gives its vision part)."""
+    return tower_class(source_model_type(source), source).read_config(source)
 
 
 def load_vision_tower(source: str, select_layer: int = -2, select_feature: str = "patch") -> "VisionTower":
@@ -114,22 +125,51 @@ class VisionTower(nn.Module):
     model_class: type[nn.Module]
     processor_class: str = "CLIPImageProcessor"
     prefix_tokens = 1  # tokens before the patches (CLS, registers), dropped by select_feature="patch"
+    # Where the hub's checkpoints of this family (and vLLM) put the tower's weights, e.g. "vision_model.".
+    export_prefix = ""
+    # Why transformers' LlavaForConditionalGeneration cannot reproduce this tower; None where it can.
+    export_refusal: str | None = None
 
-    def __init__(self, name_or_path: str, select_layer: int = -2, select_feature: str = "patch", config=None):
+    def __init__(self, name_or_path: str, select_layer: int = -2, select_feature: str = "patch", config=None,
+                 model: nn.Module | None = None):
+        """`model`: an already built model of this family to select features from (a part of a fused tower)."""
         super().__init__()
         self.vision_tower_name = name_or_path
-        if config is None:
-            config = self.config_class.from_pretrained(name_or_path)
-        elif isinstance(config, dict):
-            config = self.config_class(**config)
-        self.vision_tower = self.model_class(config)
-        self.vision_tower.requires_grad_(False)
+        if model is None:
+            if config is None:
+                config = self.read_config(name_or_path)
+            elif isinstance(config, dict):
+                config = self.config_class(**config)
+            model = self.model_class(config)
+            model.requires_grad_(False)
+        self.vision_tower = model
         self.select(select_layer, select_feature)
 
     # -- what a family implements ------------------------------------------------------------
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) pixels -> (N, prefix + patches, hidden): what the first encoder layer takes."""
+        raise NotImplementedError
+
+    @property
+    def encoder_layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @classmethod
+    def read_config(cls, source: str) -> PretrainedConfig:
+        """The tower config at `source` (a folder or cached hub name)."""
+        return cls.config_class.from_pretrained(source)
+
+    # -- running it ----------------------------------------------------------------------------
     def encode_to_layer(self, pixels: torch.Tensor, depth: int) -> torch.Tensor:
         """(N, C, H, W) pixels -> (N, prefix + patches, hidden): the output of the first `depth` layers."""
-        raise NotImplementedError
+        # The encoder layers run by hand, only up to the selected one (the later ones, and any final norm
+        # or pooling head, never reach the LLM), rather than asking for output_hidden_states: transformers
+        # collects those with hooks, and the LLM around this tower installs the tower's hooks a second
+        # time on its own first output_hidden_states call, after which the list holds every layer twice.
+        hidden = self.embed(pixels)
+        for layer in self.encoder_layers[:depth]:
+            hidden = layer(hidden, attention_mask=None)
+        return hidden
 
     @property
     def num_layers(self) -> int:
@@ -178,6 +218,13 @@ class VisionTower(nn.Module):
             self.model_class.from_pretrained(self.vision_tower_name, dtype=self.dtype).save_pretrained(out_dir)
         return out_dir
 
+    @classmethod
+    def save_tiny(cls, out_dir: str, image_size: int, patch_size: int, hidden_size: int, num_layers: int) -> str:
+        """Write a random-init tower of this family (its `tiny_config`) and its `tiny_image_processor` to `out_dir`."""
+        cls.model_class(cls.tiny_config(image_size, patch_size, hidden_size, num_layers)).save_pretrained(out_dir)
+        cls.tiny_image_processor(image_size).save_pretrained(out_dir)
+        return out_dir
+
     # -- what other parts read -----------------------------------------------------------------
     def feature_key(self) -> dict:
         """Everything of the tower that decides its cached outputs (see llava.train.feature_cache)."""
@@ -202,7 +249,9 @@ class VisionTower(nn.Module):
 
     def export_weight_name(self, name: str) -> str:
         """`name` (relative to the tower model) as the hub's checkpoints of this family spell it."""
-        return name
+        # transformers 5 writes CLIP and SigLIP flattened (no `vision_model` level); llava-hf checkpoints,
+        # transformers 4 and vLLM spell `vision_model.*`.
+        return name if name.startswith(self.export_prefix) else self.export_prefix + name
 
     @property
     def is_trainable(self) -> bool:
@@ -225,8 +274,18 @@ class VisionTower(nn.Module):
         return self.config.hidden_size
 
     @property
+    def image_size(self) -> int:
+        """The side of the square images the tower is fed (what its image processor produces)."""
+        return self.config.image_size
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image's pixels."""
+        return self.config.num_channels, self.image_size, self.image_size
+
+    @property
     def num_patches_per_side(self) -> int:
-        return self.config.image_size // self.config.patch_size
+        return self.image_size // self.config.patch_size
 
     @property
     def num_patches(self) -> int:

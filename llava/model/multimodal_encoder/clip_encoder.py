@@ -1,4 +1,7 @@
-"""CLIP vision tower (official LLaVA's): one CLS token before the patches, a LayerNorm before the encoder."""
+"""CLIP vision tower (official LLaVA's): one CLS token before the patches, a LayerNorm before the encoder.
+
+Official LLaVA feeds the projector the second-to-last layer's patch tokens (select layer -2, CLS dropped).
+"""
 
 from __future__ import annotations
 
@@ -20,22 +23,18 @@ class CLIPVisionTower(VisionTower):
     model_class = CLIPVisionModel
     processor_class = "CLIPImageProcessor"
     prefix_tokens = 1  # CLS
+    export_prefix = "vision_model."
 
-    def encode_to_layer(self, pixels: torch.Tensor, depth: int) -> torch.Tensor:
-        # The encoder layers run by hand, only up to the selected one (the later ones never reach the
-        # LLM), rather than asking CLIP for output_hidden_states: transformers collects those with
-        # hooks, and the LLM around this tower installs CLIP's hooks a second time on its own first
-        # output_hidden_states call, after which CLIP's list holds every layer twice.
-        vision = getattr(self.vision_tower, "vision_model", self.vision_tower)  # flattened in transformers 5
-        hidden = vision.pre_layrnorm(vision.embeddings(pixels))
-        for layer in vision.encoder.layers[:depth]:
-            hidden = layer(hidden, attention_mask=None)
-        return hidden
+    @property
+    def _vision(self):
+        return getattr(self.vision_tower, "vision_model", self.vision_tower)  # flattened in transformers 5
 
-    def export_weight_name(self, name: str) -> str:
-        # transformers 5 writes the CLIP tower flattened (its CLIPVisionModel has no `vision_model` level
-        # any more); llava-hf checkpoints, transformers 4 and vLLM's CLIPVisionModel spell `vision_model.*`.
-        return name if name.startswith("vision_model.") else "vision_model." + name
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._vision.pre_layrnorm(self._vision.embeddings(pixels))
+
+    @property
+    def encoder_layers(self):
+        return self._vision.encoder.layers
 
     @staticmethod
     def tiny_config(image_size: int, patch_size: int, hidden_size: int, num_layers: int) -> CLIPVisionConfig:
