@@ -89,7 +89,7 @@ def test_no_extra_can_pull_a_torch_or_protobuf_that_breaks_the_install():
 def test_readme_and_ci_install_with_the_lock():
     ci = open(os.path.join(REPO, ".ci", "run")).read()
     readme = open(os.path.join(REPO, "README.md")).read()
-    install = 'pip install torch==2.13.0 && pip install -c requirements/cpu.txt -e ".[test]"'
+    install = 'pip install -c requirements/cpu.txt torch==2.13.0 && pip install -c requirements/cpu.txt -e ".[test]"'
     assert install in readme
     assert 'pip install -q -c requirements/cpu.txt -e ".[test,lmms]"' in ci
     assert "requirements/check_newest.sh" in ci  # the newest allowed versions still import and train
