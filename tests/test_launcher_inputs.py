@@ -63,3 +63,10 @@ def test_unknown_backbone_lists_the_registered_ones():
     assert line.startswith(f"pretrain.sh: BACKBONE=qwen2 is not a supported backbone; supported: {', '.join(backbone_names())} ")
     assert "invalid choice" not in proc.stderr
     assert not os.path.exists(os.path.join(REPO, "checkpoints", "tiny-qwen2"))
+
+
+def test_demo_refuses_an_unknown_backbone_before_building_anything(tmp_path):
+    proc = launch("demo.sh", BACKBONE="qwen2", DEMO_DIR=str(tmp_path / "demo"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"demo.sh: BACKBONE=qwen2 is not a supported backbone; supported: {', '.join(backbone_names())}"
+    assert not (tmp_path / "demo").exists()
