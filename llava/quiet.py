@@ -25,9 +25,16 @@ IGNORED_WARNINGS = (
 # logger name -> (message regex searched, why it is harmless)
 IGNORED_LOG_MESSAGES = {
     "bitsandbytes.backends.cpu.ops": (
-        r"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'",
-        "an optional kernel downloaded from the hub at run time (never, offline by design); the built-in "
-        "4-bit CPU matmul is used",
+        # Either reason: `kernels` is not installed, or (transformers >= 5.25 installs it) it is and cannot reach
+        # the hub to check the kernel's publisher ("could not verify publisher trust status").
+        r"Failed to load CPU gemm_4bit_forward from kernels-community: ",
+        "bitsandbytes tries, on every import on a CPU with AVX-512 bf16, an optional 4-bit matmul kernel "
+        "downloaded from the Hugging Face hub at run time (never here, offline by design); its own built-in "
+        "4-bit CPU matmul is used instead, with the same results",
+    ),
+    "kernels._internals.hf_hub": (
+        r"Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+        "the same optional bitsandbytes kernel, looked up with HF_HUB_OFFLINE=1; the built-in matmul is used",
     ),
     "transformers.generation.utils": (
         r"Passing `generation_config` together with generation-related arguments=\(\{'(begin_)?suppress_tokens', "

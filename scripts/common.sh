@@ -104,6 +104,8 @@ case "$PRESET" in
     *) echo "PRESET=$PRESET: unknown preset; use PRESET=scratch or leave it unset" >&2; exit 2 ;;
 esac
 DEFAULT_DATA="playground/data/demo"
+# Which paths the user set (errors name those variables; defaults are built by ensure_assets).
+USER_SET_IMAGE_FOLDER="${IMAGE_FOLDER:+1}"
 MODEL_PATH="${MODEL_PATH:-$DEFAULT_MODEL}"
 VISION_TOWER="${VISION_TOWER:-$DEFAULT_TOWER}"
 DATA_DIR="${DATA_DIR:-$DEFAULT_DATA}"
@@ -160,9 +162,77 @@ STAGE2_ARGS=(
 [[ -n "${PROMPT_VERSION:-}" ]] && STAGE2_ARGS+=(--version "$PROMPT_VERSION")
 [[ -n "$PRETRAIN_MM_MLP_ADAPTER" ]] && STAGE2_ARGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
 
+# Stop with the variable the user set, before DeepSpeed starts (it takes ~20 s and buries the message).
+fail() {
+    echo "$(basename "$0"): $*" >&2
+    exit 2
+}
+
+# check_model VAR: a local folder, or a hub name already in the Hugging Face cache (nothing is downloaded).
+check_model() {
+    local var="$1" value="${!1}"
+    [[ -d "$value" ]] && return 0
+    if [[ "$value" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$ ]] && python - "$value" 2>/dev/null <<'PY'
+import sys
+from huggingface_hub import try_to_load_from_cache
+sys.exit(not isinstance(try_to_load_from_cache(sys.argv[1], "config.json"), str))
+PY
+    then
+        return 0
+    fi
+    fail "$var=$value: no such folder (relative paths start at $REPO_ROOT) and no model of that name in the" \
+         "Hugging Face cache; set $var to a local checkpoint folder, or unset it for the tiny offline default"
+}
+
+# check_data_file FILE VAR: FILE came from VAR (DATA_PATH itself, or the folder DATA_DIR it defaults into).
+check_data_file() {
+    local file="$1" var="$2"
+    [[ -f "$file" ]] && return 0
+    if [[ "$var" == DATA_DIR ]]; then
+        fail "DATA_DIR=$DATA_DIR has no $(basename "$file") (relative paths start at $REPO_ROOT); set DATA_PATH to" \
+             "your training JSON, or unset DATA_DIR for the generated demo data"
+    fi
+    fail "$var=${!var}: no such file (relative paths start at $REPO_ROOT)"
+}
+
+# The paths the user set: checked here; the defaults are built by ensure_assets.
+check_inputs() {
+    local data_path="$1" stage_default="$2"
+    [[ "$MODEL_PATH" != "$DEFAULT_MODEL" ]] && check_model MODEL_PATH
+    [[ "$VISION_TOWER" != "$DEFAULT_TOWER" ]] && check_model VISION_TOWER
+    if [[ -n "${DATA_PATH:-}" ]]; then
+        check_data_file "$data_path" DATA_PATH
+    elif [[ "$DATA_DIR" != "$DEFAULT_DATA" ]]; then
+        check_data_file "$DATA_DIR/$stage_default" DATA_DIR
+    fi
+    if [[ "$USER_SET_IMAGE_FOLDER" == 1 && ! -d "$IMAGE_FOLDER" ]]; then
+        fail "IMAGE_FOLDER=$IMAGE_FOLDER: no such folder (relative paths start at $REPO_ROOT)"
+    elif [[ "$DATA_DIR" != "$DEFAULT_DATA" && ! -d "$IMAGE_FOLDER" ]]; then
+        fail "DATA_DIR=$DATA_DIR has no images/ folder; set IMAGE_FOLDER to the folder the records' images are in"
+    fi
+    [[ -n "$EVAL_DATA_PATH" && ! -f "$EVAL_DATA_PATH" ]] && check_data_file "$EVAL_DATA_PATH" EVAL_DATA_PATH
+    [[ -n "$PRETRAIN_MM_MLP_ADAPTER" && ! -f "$PRETRAIN_MM_MLP_ADAPTER" ]] && check_data_file "$PRETRAIN_MM_MLP_ADAPTER" PRETRAIN_MM_MLP_ADAPTER
+    [[ -n "$HOSTFILE" && ! -f "$HOSTFILE" ]] && check_data_file "$HOSTFILE" HOSTFILE
+    [[ -f "zero$ZERO.json" ]] || fail "ZERO=$ZERO: no zero$ZERO.json; use ZERO=2, 3 or 3_offload"
+    return 0
+}
+
+# The tiny default LLM is built for BACKBONE: it must be one the registry knows.
+check_backbone() {
+    local supported
+    if ! supported="$(python -c 'import sys
+from llava.model.registry import backbone_names
+print(", ".join(backbone_names()))
+sys.exit(sys.argv[1] not in backbone_names())' "$BACKBONE")"; then
+        fail "BACKBONE=$BACKBONE is not a supported backbone; supported: $supported (or set MODEL_PATH to a" \
+             "checkpoint of one of them)"
+    fi
+}
+
 # Build what the defaults point at, once. Other paths (local folders or cached hub names) are the user's.
 ensure_assets() {
     if [[ "$MODEL_PATH" == "$DEFAULT_MODEL" && ! -e "$MODEL_PATH/config.json" ]]; then
+        check_backbone
         echo "== creating tiny $BACKBONE LLM in $MODEL_PATH"
         python -m llava.model.tiny --backbone "$BACKBONE" --out "$MODEL_PATH" "${TINY_LLM_ARGS[@]}"
     fi
@@ -179,6 +249,12 @@ ensure_assets() {
 # llava_train OUTPUT_DIR [flags...]: run llava/train/train.py under DeepSpeed with the shared flags.
 llava_train() {
     local output_dir="$1"; shift
+    local data_path="" arg previous=""
+    for arg in "$@"; do
+        [[ "$previous" == --data_path ]] && data_path="$arg"
+        previous="$arg"
+    done
+    check_inputs "$data_path" "$(basename "$data_path")"
     ensure_assets
     local launcher=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
     [[ -n "$HOSTFILE" ]] && launcher=(deepspeed --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")

@@ -73,6 +73,14 @@ STAGE1="$DEMO_DIR/llava-$BACKBONE-demo-pretrain"
 STAGE2="$DEMO_DIR/llava-$BACKBONE-demo-finetune"
 ANSWERS="$DEMO_DIR/answers.jsonl"
 ABLATION="$DEMO_DIR/ablation"
+# The tiny LLM is built for BACKBONE: a name the backbone registry does not know stops here, with the ones it does.
+if ! supported="$(python -c 'import sys
+from llava.model.registry import backbone_names
+print(", ".join(backbone_names()))
+sys.exit(sys.argv[1] not in backbone_names())' "$BACKBONE")"; then
+    echo "demo.sh: BACKBONE=$BACKBONE is not a supported backbone; supported: $supported" >&2
+    exit 2
+fi
 mkdir -p "$DEMO_DIR"
 export TOKENIZERS_PARALLELISM=false
 

@@ -106,10 +106,10 @@ class AnswerLength:
         self.tokenizer = None
         self.unit = "words"
         if tokenizer_path:
-            from transformers import AutoTokenizer
+            from llava.env import load_tokenizer
 
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+                self.tokenizer = load_tokenizer(tokenizer_path)
             except Exception as exc:  # transformers raises many kinds; the user needs the path and reason
                 raise DataError(f"cannot load a tokenizer from {tokenizer_path}: {type(exc).__name__}: {exc}") from None
             self.unit = "tokens"

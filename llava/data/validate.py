@@ -234,10 +234,10 @@ def _records_and_errors(path: str, on_bytes) -> Iterator:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from llava.env import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return load_tokenizer(path)
     except Exception as exc:  # many exception types; the user needs the path and the reason
         raise DataError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from None
 

@@ -14,8 +14,9 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from llava.env import load_tokenizer
 from llava.model.layout import FULL, NON_LORA_FILE, PROJECTOR, PROJECTOR_FILE, resolve_checkpoint
 from llava.model.llava_arch import load_projector_weights
 from llava.model.multimodal_encoder import read_tower_config
@@ -107,7 +108,7 @@ def load_pretrained_model(
         else:
             model = _apply_lora(model, layout.path, merge=quantization is None)
 
-    tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer_source)
+    tokenizer = load_tokenizer(layout.tokenizer_source)
     ensure_pad_token(tokenizer, backbone_for_config(model.config).pad_token)
     model.eval()
 

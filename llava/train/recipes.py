@@ -13,9 +13,9 @@ import logging
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 from transformers.integrations import deepspeed as hf_deepspeed
 
+from llava import env
 from llava.model.builder import ensure_pad_token
 from llava.model.llava_arch import load_projector_weights
 from llava.model.quantization import bnb_config
@@ -38,7 +38,7 @@ def compute_dtype(training_args) -> torch.dtype:
 
 
 def load_tokenizer(model_args, training_args, pad_token: str | None = None):
-    tokenizer = AutoTokenizer.from_pretrained(
+    tokenizer = env.load_tokenizer(
         model_args.model_name_or_path, model_max_length=training_args.model_max_length, padding_side="right"
     )
     ensure_pad_token(tokenizer, pad_token)
