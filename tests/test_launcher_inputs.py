@@ -58,15 +58,15 @@ def test_missing_vision_tower_and_data_are_named(tiny_llm, tiny_clip, demo_data,
 
 
 def test_unknown_backbone_lists_the_registered_ones():
-    proc = launch("pretrain.sh", BACKBONE="qwen2")
+    proc = launch("pretrain.sh", BACKBONE="falcon")
     line = one_line_error(proc, "pretrain.sh")
-    assert line.startswith(f"pretrain.sh: BACKBONE=qwen2 is not a supported backbone; supported: {', '.join(backbone_names())} ")
+    assert line.startswith(f"pretrain.sh: BACKBONE=falcon is not a supported backbone; supported: {', '.join(backbone_names())} ")
     assert "invalid choice" not in proc.stderr
-    assert not os.path.exists(os.path.join(REPO, "checkpoints", "tiny-qwen2"))
+    assert not os.path.exists(os.path.join(REPO, "checkpoints", "tiny-falcon"))
 
 
 def test_demo_refuses_an_unknown_backbone_before_building_anything(tmp_path):
-    proc = launch("demo.sh", BACKBONE="qwen2", DEMO_DIR=str(tmp_path / "demo"))
+    proc = launch("demo.sh", BACKBONE="falcon", DEMO_DIR=str(tmp_path / "demo"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == f"demo.sh: BACKBONE=qwen2 is not a supported backbone; supported: {', '.join(backbone_names())}"
+    assert proc.stderr.strip() == f"demo.sh: BACKBONE=falcon is not a supported backbone; supported: {', '.join(backbone_names())}"
     assert not (tmp_path / "demo").exists()
