@@ -162,3 +162,14 @@ def make_lora_checkpoint(out_dir: str, llm_path: str, clip_path: str, merged_dir
 
     shutil.rmtree(full)
     return out_dir
+
+
+def launcher_env(tiny_llm, tiny_clip, demo_data, root, **env) -> dict:
+    """Environment for scripts/*.sh: the session's tiny checkpoints and demo data, a few small steps, 2 processes."""
+    return {
+        **os.environ,
+        "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
+        "DATA_DIR": os.path.dirname(demo_data["pretrain"]), "IMAGE_FOLDER": demo_data["image_folder"],
+        "RUN_NAME": "test", "MAX_STEPS": "2", "SAVE_STEPS": "1", "BATCH_SIZE": "2",
+        "NUM_GPUS": "2", "TORCH_EXTENSIONS_DIR": str(root / "torch_extensions"), **env,
+    }
