@@ -154,7 +154,7 @@ if [[ -n "${SLURM_STEP_NUM_NODES:-}" && -z "${NNODES:-}" ]]; then
     NNODES="$SLURM_STEP_NUM_NODES"
     NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
     if [[ "$NNODES" -gt 1 ]]; then
-        MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_STEP_NODELIST" | head -n 1)}"
+        MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_STEP_NODELIST" 2>/dev/null | head -n 1 || true)}"
         MASTER_PORT="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}"
     fi
 fi
