@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import StoppingCriteria
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
@@ -78,17 +78,28 @@ def to_rgb(image: Image.Image, background=BACKGROUND) -> Image.Image:
     return image.convert("RGB")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation tag says (phone photos store pixels sideways and the tag)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image  # the common case: no copy
+    return ImageOps.exif_transpose(image)
+
+
 def load_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An 8-bit RGB image from a path, raw bytes, a file object or a PIL image.
+    """An 8-bit RGB image from a path, raw bytes, a file object or a PIL image, upright.
 
     Every Pillow mode converts correctly (16-bit and float scaled, transparency over white,
-    CMYK and palettes to RGB). Images over `max_pixels` are refused (`ImageTooLarge`) from their
-    header, before any pixel is decoded; None lifts the limit. Errors name the source so a bad
+    CMYK and palettes to RGB), and an EXIF orientation tag is applied, as photo viewers do.
+    Images over `max_pixels` are refused (`ImageTooLarge`) from their header, before any pixel
+    is decoded; None lifts the limit. Errors name the source so a bad
     record can be found in a large dataset.
     """
     if isinstance(source, Image.Image):
         _check_size(source, source, max_pixels)
-        return to_rgb(source)
+        return to_rgb(upright(source))
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(f"image file not found: {source}")
     try:
@@ -103,35 +114,38 @@ def load_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image
         raise ImageTooLarge(f"image {_describe(source)} is too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image {_describe(source)}: {exc}") from exc
-    return to_rgb(image)
+    return to_rgb(upright(image))
 
 
 class ImageOutsideFolder(ValueError):
-    """An image path that is absolute or climbs out of the image folder with '..'."""
+    """An image path that is absolute, climbs out of the image folder with '..', or links out of it."""
 
 
 def image_path_in_folder(folder: str | None, path: str, allow_flag: str, folder_flag: str = "--image_folder",
                          allow_outside: bool = False) -> str:
     """`path` as a record or question names it, joined to `folder`.
 
-    Absolute paths and paths that climb out of `folder` with '..' are refused (`ImageOutsideFolder`,
-    naming `allow_flag`) unless `allow_outside`: a dataset should not read files from anywhere on the
-    machine without a word. The check is on the path as written; a symlink inside the folder is the
-    user's own choice.
+    Absolute paths, paths that climb out of `folder` with '..' and paths that a symbolic link takes out
+    of it are refused (`ImageOutsideFolder`, naming `allow_flag`) unless `allow_outside`: a dataset should
+    not read files from anywhere on the machine without a word. Links that stay inside the folder (and a
+    folder that is itself a link) are fine.
     """
-    if not allow_outside:
-        if os.path.isabs(path):
-            where = "is absolute"
-        elif os.path.normpath(path).split(os.sep)[0] == os.pardir:
-            where = "climbs out of the folder with '..'"
-        else:
-            where = None
-        if where:
-            raise ImageOutsideFolder(
-                f"image path {path!r} {where}; images must lie inside {folder_flag} "
-                f"({folder or 'the working directory'}): fix the path, or pass {allow_flag} to allow it"
-            )
-    return os.path.join(folder or "", path)
+    full = os.path.join(folder or "", path)
+    if allow_outside:
+        return full
+    if os.path.isabs(path):
+        where = "is absolute"
+    elif os.path.normpath(path).split(os.sep)[0] == os.pardir:
+        where = "climbs out of the folder with '..'"
+    else:
+        root, target = os.path.realpath(folder or os.curdir), os.path.realpath(full)
+        where = None if os.path.commonpath([root, target]) == root else f"is a link to {target}, outside the folder"
+    if where:
+        raise ImageOutsideFolder(
+            f"image path {path!r} {where}; images must lie inside {folder_flag} "
+            f"({folder or 'the working directory'}): fix the path, or pass {allow_flag} to allow it"
+        )
+    return full
 
 
 def expand2square(image: Image.Image, background_color) -> Image.Image:

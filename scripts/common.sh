@@ -19,8 +19,13 @@
 #   PROJECTOR_TYPE  mm_projector_type         (default: mlp2x_gelu)
 #   ZERO            2 | 3 | 3_offload          (default per launcher; selects zero$ZERO.json)
 #   NUM_GPUS        processes per machine     (default: all GPUs, or 2 processes on a CPU-only machine)
-#   HOSTFILE        DeepSpeed hostfile for several machines (default: none, one machine)
-#   MASTER_PORT     rendezvous port           (default: a free port)
+#   HOSTFILE        DeepSpeed hostfile for several machines, started from this one over ssh (default: none)
+#   NNODES          machines when a scheduler starts this launcher on each (srun, a Kubernetes job); each
+#                   runs NUM_GPUS processes under torchrun (default: $SLURM_STEP_NUM_NODES inside srun, else 1)
+#   NODE_RANK       this machine's index, 0 .. NNODES-1   (default: $SLURM_NODEID inside srun, else 0)
+#   MASTER_ADDR     address of node 0, with NNODES > 1    (default: the first host of $SLURM_STEP_NODELIST)
+#   MASTER_PORT     rendezvous port, the same on every node (default: a free port; from $SLURM_JOB_ID
+#                   inside srun; required with NNODES > 1 otherwise)
 #   BATCH_SIZE      per-device batch size     (default: 16 on GPU, 4 on CPU)
 #   GRAD_ACCUM      gradient accumulation     (default: 1)
 #   EPOCHS          training epochs           (default: 1)
@@ -146,6 +151,29 @@ else
     export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(python -c "import psutil; print(psutil.cpu_count(logical=False) or 1)")}"
 fi
+# One launcher per machine, started by a scheduler: SLURM's srun says how many and which one this is.
+if [[ -n "${SLURM_STEP_NUM_NODES:-}" && -z "${NNODES:-}" ]]; then
+    NNODES="$SLURM_STEP_NUM_NODES"
+    NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
+    if [[ "$NNODES" -gt 1 ]]; then
+        MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_STEP_NODELIST" 2>/dev/null | head -n 1 || true)}"
+        MASTER_PORT="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}"
+    fi
+fi
+NNODES="${NNODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+if [[ "$NNODES" -gt 1 ]]; then
+    for name in MASTER_ADDR MASTER_PORT; do
+        if [[ -z "${!name:-}" ]]; then
+            echo "NNODES=$NNODES: set $name (node 0's address and a free port on it, the same on every node)" >&2
+            exit 2
+        fi
+    done
+    if [[ -n "$HOSTFILE" ]]; then
+        echo "HOSTFILE and NNODES=$NNODES are two ways to run on several machines; set one" >&2
+        exit 2
+    fi
+fi
 MASTER_PORT="${MASTER_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
 
 # Flags every stage-2 launcher shares: conversations, the stage-1 projector when there is one.
@@ -246,6 +274,24 @@ ensure_assets() {
     fi
 }
 
+# _llava_wait_for_run PID: wait for the run started in process group PID. SIGTERM / SIGINT sent to this script
+# go to every process of the group: training stops at the next step with a checkpoint (llava/train/stop_signal.py),
+# then this script exits as the signal would have (143 / 130), after the last process has exited.
+_llava_wait_for_run() {
+    local group="$1" status=0
+    _LLAVA_STOPPED_BY=""
+    trap "_LLAVA_STOPPED_BY=TERM; kill -s TERM -- -$group 2>/dev/null || true" TERM
+    trap "_LLAVA_STOPPED_BY=INT; kill -s INT -- -$group 2>/dev/null || true" INT
+    wait "$group" || status=$?
+    while kill -0 -- "-$group" 2>/dev/null; do sleep 0.5; done
+    trap - TERM INT
+    if [[ -n "$_LLAVA_STOPPED_BY" ]]; then
+        echo "== stopped by SIG$_LLAVA_STOPPED_BY; run the same command again to continue from the newest checkpoint"
+        exit $((128 + $(kill -l "$_LLAVA_STOPPED_BY")))
+    fi
+    [[ "$status" == 0 ]] || exit "$status"
+}
+
 # llava_train OUTPUT_DIR [flags...]: run llava/train/train.py under DeepSpeed with the shared flags.
 llava_train() {
     local output_dir="$1"; shift
@@ -258,12 +304,19 @@ llava_train() {
     ensure_assets
     local launcher=(deepspeed --num_gpus "$NUM_GPUS" --master_port "$MASTER_PORT")
     [[ -n "$HOSTFILE" ]] && launcher=(deepspeed --hostfile "$HOSTFILE" --master_port "$MASTER_PORT")
+    # DeepSpeed's launcher cannot join machines without a hostfile and ssh; torchrun's static rendezvous can.
+    [[ "$NNODES" -gt 1 ]] && launcher=(torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NUM_GPUS"
+                                       --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
     local eval_args=()
     [[ -n "$EVAL_DATA_PATH" ]] && eval_args=(--eval_data_path "$EVAL_DATA_PATH" --eval_strategy steps --eval_steps "$SAVE_STEPS")
-    echo "== training $RUN_NAME -> $output_dir ($NUM_GPUS processes, $( [[ $ON_GPU == 1 ]] && echo GPU || echo CPU ), ZeRO-$ZERO)"
+    local where="$NUM_GPUS processes"
+    [[ "$NNODES" -gt 1 ]] && where="node $NODE_RANK of $NNODES, $NUM_GPUS processes each"
+    echo "== training $RUN_NAME -> $output_dir ($where, $( [[ $ON_GPU == 1 ]] && echo GPU || echo CPU ), ZeRO-$ZERO)"
     local start=$SECONDS
+    # In a process group of its own, so that a stop signal sent to this script reaches every process of the
+    # run (DeepSpeed's runner does not pass SIGTERM on), and this script returns once each has stopped.
     # shellcheck disable=SC2086  # EXTRA_ARGS is a list of flags
-    "${launcher[@]}" llava/train/train.py \
+    setsid "${launcher[@]}" llava/train/train.py \
         --deepspeed "./zero$ZERO.json" \
         --model_name_or_path "$MODEL_PATH" \
         --vision_tower "$VISION_TOWER" \
@@ -292,7 +345,8 @@ llava_train() {
         "${eval_args[@]}" \
         "$@" \
         "${SCRATCH_ARGS[@]}" \
-        $EXTRA_ARGS
+        $EXTRA_ARGS &
+    _llava_wait_for_run $!
     echo "== done in $((SECONDS - start)) s: checkpoint in $output_dir"
     if [[ "${PLUMBING_RUN:-0}" == 1 ]]; then
         echo "== note: that was $MAX_STEPS steps (the CPU default), a check that training runs end to end, not a model:"

@@ -188,3 +188,14 @@ def soft_capped(logits, hf_model):
     """transformers' Llava skips the text model's final logit soft-cap (Gemma 2); apply it as vLLM's Gemma 2 does."""
     cap = getattr(hf_model.config.text_config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def launcher_env(tiny_llm, tiny_clip, demo_data, root, **env) -> dict:
+    """Environment for scripts/*.sh: the session's tiny checkpoints and demo data, a few small steps, 2 processes."""
+    return {
+        **os.environ,
+        "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
+        "DATA_DIR": os.path.dirname(demo_data["pretrain"]), "IMAGE_FOLDER": demo_data["image_folder"],
+        "RUN_NAME": "test", "MAX_STEPS": "2", "SAVE_STEPS": "1", "BATCH_SIZE": "2",
+        "NUM_GPUS": "2", "TORCH_EXTENSIONS_DIR": str(root / "torch_extensions"), **env,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -73,3 +74,68 @@ def test_decompression_bomb_names_the_file(tmp_path):
     with pytest.raises(ImageTooLarge, match=r"bomb\.png is too large"):
         load_image(str(path), max_pixels=None)
     assert issubclass(ImageTooLarge, ValueError)  # callers that catch decode errors catch it too
+
+
+# -- EXIF orientation: phone photos store pixels sideways plus a tag saying how to turn them ------------
+def phone_photo(path, orientation=6):
+    """A 40 x 20 JPEG stored sideways: red on the stored left half, blue on the right; EXIF orientation 6
+    ("turn 90 degrees clockwise to view"), as a phone held upright writes it."""
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, quality=95)
+    return str(path)
+
+
+def assert_upright(image):
+    """Turned clockwise, the stored left half (red) is on top: 20 wide, 40 high."""
+    assert image.size == (20, 40)
+    pixels = np.asarray(image).astype(int)
+    assert pixels[5, 10, 0] > 200 and pixels[5, 10, 2] < 60   # top: red
+    assert pixels[35, 10, 2] > 200 and pixels[35, 10, 0] < 60  # bottom: blue
+
+
+def test_exif_orientation_is_applied_from_a_path_bytes_a_file_and_a_pil_image(tmp_path):
+    path = phone_photo(tmp_path / "phone.jpg")
+    assert Image.open(path).size == (40, 20)  # what Pillow decodes without looking at the tag
+    assert_upright(load_image(path))
+    assert_upright(load_image(open(path, "rb").read()))
+    with open(path, "rb") as f:
+        assert_upright(load_image(f))
+    assert_upright(load_image(Image.open(path)))  # e.g. an upload a web framework already opened
+    # Orientation 1 (or no tag) leaves the pixels as stored.
+    assert load_image(phone_photo(tmp_path / "plain.jpg", orientation=1)).size == (40, 20)
+
+
+def test_training_data_and_inference_see_phone_photos_upright(tmp_path, tiny_llm, tiny_clip, tmp_path_factory):
+    """The dataset (training, the feature cache's loader) and the inference engine (model_vqa, cli, web) agree
+    with the upright picture, pixel for pixel."""
+    import json
+
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    from helpers import cached_checkpoint
+    from llava.inference import InferenceEngine
+    from llava.train.dataset import LazySupervisedDataset
+
+    phone_photo(tmp_path / "phone.jpg")
+    load_image(str(tmp_path / "phone.jpg")).save(tmp_path / "upright.png")  # the picture with no tag to apply
+    engine = InferenceEngine.from_pretrained(cached_checkpoint(tmp_path_factory, tiny_llm, tiny_clip, "phi"))
+    expected = engine.process_image(str(tmp_path / "upright.png"))
+    assert torch.equal(engine.process_image(str(tmp_path / "phone.jpg")), expected)
+    sideways = Image.fromarray(np.asarray(Image.open(tmp_path / "phone.jpg")))  # pixels as stored, tag dropped
+    assert not torch.equal(engine.process_image(sideways), expected)
+
+    records = tmp_path / "data.json"
+    records.write_text(json.dumps([{"id": name, "image": name, "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is on top?"}, {"from": "gpt", "value": "red"}]}
+        for name in ("phone.jpg", "upright.png")]))
+
+    class Config:
+        image_aspect_ratio = "square"
+
+    data = LazySupervisedDataset(str(records), AutoTokenizer.from_pretrained(tiny_llm("phi")), "phi",
+                                 image_folder=str(tmp_path), image_processor=CLIPImageProcessor.from_pretrained(tiny_clip),
+                                 model_config=Config(), max_length=256, image_tokens=16)
+    assert torch.equal(data[0]["images"], data[1]["images"])

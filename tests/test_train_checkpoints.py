@@ -101,7 +101,7 @@ def test_a_save_killed_with_sigkill_leaves_no_checkpoint_and_the_same_command_re
     proc = subprocess.run([sys.executable, KILLER, *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     # Model and optimizer of step 4 were written, its trainer state not: nothing named checkpoint-4.
-    assert sorted(p for p in os.listdir(killed) if not p.startswith(".")) == ["checkpoint-2"]
+    assert sorted(p for p in os.listdir(killed) if not p.startswith(".")) == ["checkpoint-2", "run_config.json"]
     partial = killed / checkpoint.PARTIAL / "checkpoint-4"
     assert "model.safetensors" in os.listdir(partial) and checkpoint.TRAINER_STATE not in os.listdir(partial)
 

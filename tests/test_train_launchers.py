@@ -12,6 +12,7 @@ import subprocess
 import pytest
 import torch
 
+from helpers import launcher_env
 from llava.model.builder import load_pretrained_model
 from llava.model.layout import checkpoint_kind
 
@@ -25,13 +26,7 @@ def launch(tiny_llm, tiny_clip, demo_data, tmp_path_factory):
 
     def run(script: str, name: str, **env):
         out = root / name
-        variables = {
-            **os.environ,
-            "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
-            "DATA_DIR": os.path.dirname(demo_data["pretrain"]), "IMAGE_FOLDER": demo_data["image_folder"],
-            "RUN_NAME": "test", "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "SAVE_STEPS": "1", "BATCH_SIZE": "2",
-            "NUM_GPUS": "2", "TORCH_EXTENSIONS_DIR": str(root / "torch_extensions"), **env,
-        }
+        variables = launcher_env(tiny_llm, tiny_clip, demo_data, root, OUTPUT_DIR=str(out), **env)
         proc = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=variables, cwd=REPO,
                               capture_output=True, text=True, timeout=400, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

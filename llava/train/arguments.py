@@ -113,6 +113,11 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "start over even if --output_dir holds checkpoint-N folders of an earlier run (they are "
                   "deleted); by default a run continues from the newest complete one"},
     )
+    allow_changed_inputs: bool = field(
+        default=False,
+        metadata={"help": "continue the run in --output_dir although its data files, model or key flags differ from "
+                  "those it started with (recorded in run_config.json; refused by default)"},
+    )
     lora_enable: bool = field(default=False)
     lora_r: int = field(default=64)
     lora_alpha: int = field(default=16)

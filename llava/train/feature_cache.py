@@ -62,6 +62,8 @@ def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_
         "image_aspect_ratio": image_aspect_ratio or "square",
         "transformers": transformers.__version__,
         "max_image_pixels": max_image_pixels,
+        # Caches built before load_image applied EXIF orientation hold sideways phone photos.
+        "image_orientation": "exif",
     }
 
 

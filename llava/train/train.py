@@ -5,8 +5,10 @@ Also launched by `deepspeed llava/train/train.py ...` (scripts/*.sh), as in offi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import sys
 
 import torch
@@ -16,11 +18,14 @@ import transformers
 from llava import errors
 from llava.train.arguments import check_inputs, parse_args, resolve_train_modules
 from llava.train.collator import DataCollatorForSupervisedDataset
-from llava.train import deepspeed_cpu, feature_cache
+from llava.train import deepspeed_cpu, feature_cache, final_model, run_record
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
-from llava.train.checkpoint import resolve_resume, save_kind
+from llava.model.layout import checkpoint_kind
+from llava.train.checkpoint import TRAINER_STATE, resolve_resume, save_kind
+from llava.train.disk import explain_full_disk
 from llava.train.monitors import TrainingMonitors
+from llava.train.stop_signal import StopOnSignal
 from llava.train.trainer import LLaVATrainer
 
 logger = logging.getLogger("llava.train")
@@ -128,6 +133,9 @@ def train(args=None, attn_implementation=None):
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir,
         is_main=training_args.should_save,
     )
+    record = run_record.describe(model_args, data_args, training_args, modules)
+    if already_done(training_args, resume, record):
+        return None
 
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
@@ -150,15 +158,85 @@ def train(args=None, attn_implementation=None):
     )
     if model_args.mm_monitors:
         trainer.add_callback(TrainingMonitors(trainer))
+    trainer.add_callback(run_record.WriteAtStart(record))
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
     errors.ranks_may_differ()  # from here a bad record may reach one rank only
-    result = trainer.train(resume_from_checkpoint=resume)
+    stop.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stop.uninstall()
+    if stop.stopped_by:
+        return stopped(stop.stopped_by, trainer, training_args)
     trainer.save_state()
-    trainer.save_model(training_args.output_dir)
+    trainer.save_final_model()
+    if training_args.should_save:
+        run_record.mark_finished(training_args.output_dir, record, result.global_step)
     summarize([("train", train_dataset), ("eval", eval_dataset)], training_args, result)
+    end_distributed()
+    return result
+
+
+def already_done(training_args, resume: str | None, record: dict) -> bool:
+    """Whether nothing is left to train in --output_dir; checks a resume's inputs against the run's record.
+
+    True when the folder holds this run's final model (said in one line, nothing is touched), or when its
+    newest checkpoint already reached --max_steps and only the final model is missing (a failed final save:
+    that checkpoint's model becomes the final model).
+    """
+    output_dir = training_args.output_dir
+    old = None if training_args.overwrite_output_dir else run_record.read(output_dir)
+    has_model = has_final_model(output_dir)
+    if resume is not None or has_model:
+        run_record.check_resume(output_dir, old, record, training_args.allow_changed_inputs)
+    done = run_record.finished_step(old, record)
+    if done is not None and has_model:
+        if training_args.should_log:
+            logger.info("%s already holds the final model of this run (%d steps, finished %s): nothing to do; "
+                        "raise --max_steps or --num_train_epochs to train further, or pass --overwrite_output_dir "
+                        "True to start over", output_dir, done, old["finished"]["at"])
+        return True
+    if resume is None or training_args.max_steps <= 0:
+        return False
+    with open(os.path.join(resume, TRAINER_STATE), encoding="utf-8") as f:
+        step = json.load(f)["global_step"]
+    if step < training_args.max_steps:
+        return False
+    if training_args.should_save:
+        needed = sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(resume) for n in names)
+        with explain_full_disk(output_dir, needed, "the final model", cleanup=final_model.staging_dir(output_dir)):
+            final_model.from_checkpoint(resume, output_dir)
+        run_record.mark_finished(output_dir, record, step)
+        logger.info("%s reached --max_steps %d; only the final model was missing: written from it into %s",
+                    resume, training_args.max_steps, output_dir)
+    return True
+
+
+def has_final_model(output_dir: str) -> bool:
+    if not os.path.isdir(output_dir):
+        return False
+    try:
+        checkpoint_kind(output_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def stopped(signum: int, trainer, training_args):
+    """After a stop on SIGTERM/SIGINT: say where the run can continue from, exit as the signal would have."""
+    if training_args.should_log:
+        logger.warning("stopped by %s at step %d; checkpoint-%d is in %s: run the same command again to continue",
+                       signal.Signals(signum).name, trainer.state.global_step, trainer.state.global_step,
+                       training_args.output_dir)
+    end_distributed()
+    raise SystemExit(128 + signum)
+
+
+def end_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return result
 
 
 if __name__ == "__main__":

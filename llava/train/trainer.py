@@ -11,7 +11,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from llava.model import layout
 from llava.model.builder import load_non_lora_trainables
 from llava.model.llava_arch import load_projector_weights
-from llava.train import checkpoint
+from llava.train import checkpoint, disk, final_model
 from llava.train.monitors import param_module
 from llava.train.sampler import ModalityLengthGroupedSampler, TokenLengthGroupedSampler
 
@@ -113,8 +113,10 @@ class LLaVATrainer(Trainer):
         staging, final = os.path.join(run_dir, checkpoint.PARTIAL, name), os.path.join(run_dir, name)
         limit = self.args.save_total_limit
         self._saving_checkpoint, self.args.save_total_limit = True, None  # rotation waits for the rename
+        needed = disk.save_size(self.model, trainable_only=self.save_mode != "full", optimizer=True)
         try:
-            super()._save_checkpoint(model, trial)
+            with disk.explain_full_disk(run_dir, needed, name, cleanup=staging if self.args.should_save else None):
+                super()._save_checkpoint(model, trial)
         finally:
             self._saving_checkpoint, self.args.save_total_limit = False, limit
         self.accelerator.wait_for_everyone()  # every rank's DeepSpeed shards are on disk
@@ -124,6 +126,18 @@ class LLaVATrainer(Trainer):
                 self.state.save_to_json(os.path.join(staging, checkpoint.TRAINER_STATE))
             checkpoint.publish(staging, final)
             rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_final_model(self) -> None:
+        """The final model into --output_dir, staged (llava.train.final_model): all of it or nothing new."""
+        output_dir = self.args.output_dir
+        staging = final_model.staging_dir(output_dir)
+        needed = disk.save_size(self.model, trainable_only=self.save_mode != layout.FULL)
+        with disk.explain_full_disk(output_dir, needed, "the final model", cleanup=staging if self.args.should_save else None):
+            self.save_model(staging)
+        self.accelerator.wait_for_everyone()  # under ZeRO-3 every rank took part in the gather
+        if self.args.should_save:
+            final_model.publish(staging, output_dir)
         self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
