@@ -8,7 +8,7 @@ import os
 import pytest
 
 from llava.mm_utils import ImageOutsideFolder, image_path_in_folder
-from llava.train.preprocess import InvalidRecord
+from llava.records import InvalidRecord
 
 from test_train_inputs import dataset, env, record  # noqa: F401  (the module's fixture and helpers)
 
