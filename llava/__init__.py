@@ -1,4 +1,4 @@
-"""LLaVA-style vision-language models: CLIP vision tower + projector + a causal LLM."""
+"""LLaVA-style vision-language models: a vision tower (CLIP, SigLIP, DINOv2) + projector + a causal LLM."""
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 - projector (stage 1): config.json + mm_projector.bin (keys `model.mm_projector.*`)
 - lora / qlora:        adapter + non_lora_trainables.bin + config.json
 - full:                save_pretrained (written by the HF Trainer)
-Each also gets the tokenizer and the CLIP image processor (preprocessor_config.json); the partial
+Each also gets the tokenizer and the tower's image processor (preprocessor_config.json); the partial
 ones also a copy of a frozen tower that came from a local folder (vision_tower/). The file names and
 how a folder's kind is told from them are llava.model.layout's, shared with loading.
 Under ZeRO-3 parameters are partitioned; they are gathered (on every rank) before writing.
