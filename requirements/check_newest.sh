@@ -27,13 +27,11 @@ cd "$work"
 "$py" - <<'EOF'
 import os, shutil
 from importlib.resources import files
-from transformers import AutoTokenizer
-from llava.env import explained_tokenizer_errors
+from llava.env import load_tokenizer
 
 os.makedirs("spm", exist_ok=True)
 shutil.copy(str(files("mistral_common") / "data" / "tokenizer.model.v1"), "spm/tokenizer.model")
-with explained_tokenizer_errors("spm"):
-    tokenizer = AutoTokenizer.from_pretrained("spm")
+tokenizer = load_tokenizer("spm")
 assert len(tokenizer) == 32000, len(tokenizer)
 print("== a SentencePiece tokenizer.model loads")
 EOF

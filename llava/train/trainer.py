@@ -113,7 +113,7 @@ class LLaVATrainer(Trainer):
         staging, final = os.path.join(run_dir, checkpoint.PARTIAL, name), os.path.join(run_dir, name)
         limit = self.args.save_total_limit
         self._saving_checkpoint, self.args.save_total_limit = True, None  # rotation waits for the rename
-        needed = disk.save_size(self.model, trainable_only=self.save_mode != "full", optimizer=True)
+        needed = disk.save_size(self.model, trainable_only=self.save_mode != layout.FULL, optimizer=True)
         try:
             with disk.explain_full_disk(run_dir, needed, name, cleanup=staging if self.args.should_save else None):
                 super()._save_checkpoint(model, trial)
