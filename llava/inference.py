@@ -18,7 +18,14 @@ from transformers import TextIteratorStreamer
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
-from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, strip_stop_str, tokenizer_image_token
+from llava.mm_utils import (
+    KeywordsStoppingCriteria,
+    load_image,
+    process_images,
+    strip_stop_str,
+    tokenizer_image_token,
+    tokenizer_image_tokens,
+)
 
 
 def get_model_name_from_path(model_path: str) -> str:
@@ -65,7 +72,8 @@ class InferenceEngine:
             from llava.model.registry import backbone_for_config
 
             conv_mode = backbone_for_config(model.config).conv_template
-        get_conv_template(conv_mode)  # unknown names fail here, listing the choices
+        # Unknown names fail here, listing the choices; 'chat_template' binds (and checks) the tokenizer's own.
+        self._template = get_conv_template(conv_mode, tokenizer)
         self.conv_mode = conv_mode
 
     @classmethod
@@ -93,7 +101,7 @@ class InferenceEngine:
 
     # -- prompts ---------------------------------------------------------------------------------
     def new_conversation(self) -> Conversation:
-        return get_conv_template(self.conv_mode)
+        return self._template.copy()
 
     def image_prefix(self, conv: Conversation | None = None) -> str:
         """The image marker as the template writes it in training (start/end tokens, <Image> tags), then a newline."""
@@ -120,7 +128,9 @@ class InferenceEngine:
         """
         prompt = conv.get_prompt()
         if input_ids is None:
-            input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+            input_ids = tokenizer_image_token(
+                prompt, self.tokenizer, return_tensors="pt", add_special_tokens=conv.add_special_tokens
+            )
         length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._num_patches() - 1)
         if length >= self.context_len:
             # The model would otherwise cut the prompt; an answer to half a question is worse than none.
@@ -130,6 +140,11 @@ class InferenceEngine:
             )
         pixels = image if image is None or isinstance(image, torch.Tensor) else self.process_image(image)
         return Prepared(input_ids, pixels, prompt)
+
+    def tokenize(self, convs: Sequence[Conversation]) -> list[torch.Tensor]:
+        """The prompts of several conversations tokenised in one call (`prepare(..., input_ids=...)` takes them)."""
+        special = convs[0].add_special_tokens if convs else True
+        return tokenizer_image_tokens([conv.get_prompt() for conv in convs], self.tokenizer, add_special_tokens=special)
 
     def _num_patches(self) -> int:
         tower = self.model.get_vision_tower()

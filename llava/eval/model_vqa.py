@@ -32,7 +32,6 @@ from llava.errors import DataError
 from llava.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
 from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, processor_mean_color,
-    tokenizer_image_tokens,
 )
 from llava.records import describe, question_problems, read_records
 
@@ -184,7 +183,7 @@ def prepare_batch(
     for q, image in zip(batch, loaded):
         convs.append(engine.new_conversation())
         engine.add_user_turn(convs[-1], q["text"], has_image=image is not None)
-    token_ids = tokenizer_image_tokens([conv.get_prompt() for conv in convs], engine.tokenizer)
+    token_ids = engine.tokenize(convs)
     prepared = []
     for q, image, conv, ids in zip(batch, loaded, convs, token_ids):
         try:

@@ -20,7 +20,7 @@ from llava.train.arguments import check_inputs, parse_args, resolve_train_module
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train import deepspeed_cpu, feature_cache, final_model, run_record
 from llava.train.dataset import LazySupervisedDataset
-from llava.train.recipes import build_model, resolve_backbone
+from llava.train.recipes import build_model, check_template, resolve_backbone
 from llava.model.layout import checkpoint_kind
 from llava.train.checkpoint import TRAINER_STATE, resolve_resume, save_kind
 from llava.train.disk import explain_full_disk
@@ -125,6 +125,7 @@ def train(args=None, attn_implementation=None):
     modules = resolve_train_modules(model_args, training_args)
     backbone = resolve_backbone(model_args)
     template = model_args.version or backbone.conv_template
+    check_template(template, model_args, training_args, backbone)
     if training_args.packing and backbone.model_class.packing_unsupported:
         reason = backbone.model_class.packing_unsupported
         raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
