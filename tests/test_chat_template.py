@@ -268,3 +268,61 @@ def test_a_template_that_refuses_a_record_makes_it_an_invalid_record(tokenizers)
 
 def test_pin_date_writes_the_fixed_date_in_the_templates_format():
     assert pin_date('{{ strftime_now("%Y-%m-%d") }}') == "{{ '2024-07-26' }}"
+
+
+# -- train, answer, export ---------------------------------------------------------------------------------
+def test_trains_answers_and_exports_with_the_tokenizers_template(tiny_llm, tiny_clip, demo_data, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+    from llava.eval import model_vqa
+    from llava.export.hf import export
+    from llava.inference import InferenceEngine
+    from llava.train.train import train
+
+    llm = str(tmp_path / "qwen2-with-template")
+    shutil.copytree(tiny_llm("qwen2"), llm)
+    tok = AutoTokenizer.from_pretrained(llm)
+    tok.chat_template = template("qwen2_5")
+    tok.save_pretrained(llm)
+
+    out = tmp_path / "run"
+    train(["--model_name_or_path", llm, "--vision_tower", tiny_clip, "--version", "chat_template",
+           "--data_path", demo_data["finetune"], "--image_folder", demo_data["image_folder"],
+           "--mm_projector_type", "mlp2x_gelu", "--per_device_train_batch_size", "4", "--max_steps", "3",
+           "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no",
+           "--model_max_length", "256", "--output_dir", str(out)])
+    with open(out / "trainer_state.json") as f:
+        losses = [e["loss"] for e in json.load(f)["log_history"] if "loss" in e]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+    engine = InferenceEngine.from_pretrained(str(out), conv_mode="chat_template")
+    assert engine.new_conversation().stop_str == "<|im_end|>"
+    answers = tmp_path / "answers.jsonl"
+    summary = model_vqa.main(["--model-path", str(out), "--question-file", demo_data["eval_questions_jsonl"],
+                              "--image-folder", demo_data["image_folder"], "--answers-file", str(answers),
+                              "--conv-mode", "chat_template", "--max_new_tokens", "3"])
+    assert summary["answered"] > 0
+
+    hf = tmp_path / "hf"
+    export(str(out), str(hf), conv_mode="chat_template")
+    LlavaForConditionalGeneration.from_pretrained(str(hf))
+    processor = AutoProcessor.from_pretrained(str(hf))
+    conv = engine.new_conversation()
+    engine.add_user_turn(conv, "What is this?", has_image=True)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    assert processor.apply_chat_template(messages, add_generation_prompt=True) == conv.get_prompt()
+    assert conv.get_prompt().startswith("<|im_start|>system\nYou are Qwen")
+
+
+def test_training_refuses_a_tokenizer_without_a_template_before_loading_the_model(tiny_llm, tiny_clip, demo_data,
+                                                                                   tmp_path):
+    from llava.train.train import train
+
+    with pytest.raises(ChatTemplateError, match=r"tokenizer at .* has no chat_template"):
+        train(["--model_name_or_path", tiny_llm("phi"), "--vision_tower", tiny_clip, "--version", "chat_template",
+               "--data_path", demo_data["finetune"], "--image_folder", demo_data["image_folder"],
+               "--report_to", "none", "--output_dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "config.json").exists()
