@@ -229,7 +229,10 @@ def tokenizer_conversation(tokenizer) -> Conversation:
             f"nothing to render. Choose a template we ship with --version / --conv-mode ({shipped}), or give the "
             "tokenizer a chat template (chat_template.jinja or tokenizer_config.json's chat_template)"
         )
-    cached = _BOUND.get(tokenizer)
+    try:
+        cached = _BOUND.get(tokenizer)
+    except TypeError:  # an unhashable tokenizer object: bound (and checked) anew each time
+        cached = None
     if cached is not None and cached[0] == source:
         return cached[1].copy()
     try:
@@ -249,7 +252,10 @@ def tokenizer_conversation(tokenizer) -> Conversation:
     # another gets the tokenizer's own (where it adds one), as our templates of that family do.
     bos = getattr(tokenizer, "bos_token", None)
     conv.add_special_tokens = not (bos and prompt.startswith(bos))
-    _BOUND[tokenizer] = (source, conv)
+    try:
+        _BOUND[tokenizer] = (source, conv)
+    except TypeError:
+        pass
     return conv.copy()
 
 
