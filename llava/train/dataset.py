@@ -30,10 +30,30 @@ class DataStats:
 
     total: int = 0
     skipped: dict = field(default_factory=dict)  # reason -> count
-    truncated: int = 0
+    truncated: dict = field(default_factory=dict)  # record index -> record id; a record reloaded each epoch counts once
 
     def skip(self, error: InvalidRecord) -> None:
         self.skipped[error.kind] = self.skipped.get(error.kind, 0) + 1
+
+
+def warn_duplicate_ids(records: list, data_path: str) -> list:
+    """Records sharing an `id` are trained as given (a repeat may be on purpose), but never silently."""
+    seen, repeated = set(), {}
+    for record in records:
+        record_id = record.get("id")
+        if record_id is None:
+            continue
+        key = str(record_id)
+        if key in seen:
+            repeated[key] = repeated.get(key, 1) + 1
+        seen.add(key)
+    if repeated:
+        shown = ", ".join(f"{key!r} x{n}" for key, n in list(repeated.items())[:10])
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        logger.warning("%s: %d record id(s) appear more than once (%s%s); each copy is trained on. Remove the "
+                       "repeats if they are not meant to weigh double (python -m llava.data.validate lists them)",
+                       data_path, len(repeated), shown, more)
+    return list(repeated)
 
 
 class LazySupervisedDataset(Dataset):
@@ -120,6 +140,7 @@ class LazySupervisedDataset(Dataset):
             kept.append(record)
         if not kept:
             raise ValueError(f"{data_path}: no valid record left out of {self.stats.total}")
+        warn_duplicate_ids(kept, data_path)
         return kept
 
     # -- lengths for grouped sampling -------------------------------------------------------
@@ -227,8 +248,12 @@ class LazySupervisedDataset(Dataset):
             max_length=self.max_length,
             image_tokens=self.image_tokens,
         )
-        if sample.truncated:
-            self.stats.truncated += 1
+        if sample.truncated and index not in self.stats.truncated:
+            self.stats.truncated[index] = record_id
+            logger.warning(
+                "record %r: %d tokens with its images expanded, cut to --model_max_length %d; the answer tokens past "
+                "it are not learned", record_id, sample.length, self.max_length,
+            )
         item = {"input_ids": sample.input_ids, "labels": sample.labels}
         if images:
             item["images"] = process_images(images, self.image_processor, self.model_config)

@@ -97,19 +97,28 @@ def open_feature_cache(training_args, tower, image_processor, config, datasets, 
 
 
 def summarize(datasets, training_args, result) -> None:
-    """One end-of-run line per dataset: how many records were skipped and truncated, on all ranks."""
+    """One end-of-run line per dataset: how many records were skipped and truncated, on all ranks.
+
+    Each rank loads its own share of the records (and, over epochs, records other ranks loaded before),
+    so truncated records are merged by index: a record counts once however often it was loaded.
+    """
     for name, dataset in datasets:
         if dataset is None:
             continue
-        counts = torch.tensor([sum(dataset.stats.skipped.values()), dataset.stats.truncated], dtype=torch.long)
+        local = (sum(dataset.stats.skipped.values()), dataset.stats.truncated)
+        shares = [local]
         if dist.is_initialized():
-            counts = counts.to(training_args.device)
-            dist.all_reduce(counts)
+            shares = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, local)
+        skipped = sum(count for count, _ in shares)
+        truncated = {index: record_id for _, share in shares for index, record_id in share.items()}
         if training_args.should_log:
             reasons = ", ".join(f"{n} x {r}" for r, n in dataset.stats.skipped.items()) or "none"
+            named = ", ".join(repr(record_id) for record_id in list(truncated.values())[:5])
+            named = f" ({named}{', ...' if len(truncated) > 5 else ''})" if truncated else ""
             logger.info(
-                "%s data: %d records, %d skipped (%s on rank 0), %d truncated to --model_max_length %d",
-                name, dataset.stats.total, int(counts[0]), reasons, int(counts[1]), training_args.model_max_length,
+                "%s data: %d records, %d skipped (%s on rank 0), %d truncated to --model_max_length %d%s",
+                name, dataset.stats.total, skipped, reasons, len(truncated), training_args.model_max_length, named,
             )
     if training_args.should_log and result is not None:
         logger.info("done: %d steps, train_loss %.4f, checkpoint in %s",
