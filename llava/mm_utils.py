@@ -100,6 +100,20 @@ def load_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image
     if isinstance(source, Image.Image):
         _check_size(source, source, max_pixels)
         return to_rgb(upright(source))
+    image = _open_checked(source, max_pixels, decode=True)
+    return to_rgb(upright(image))
+
+
+def probe_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
+    """`load_image`'s checks from the header alone (a file that is no image, or too large), nothing decoded.
+
+    Cheap enough to run over a whole question file before generation; a file damaged after its
+    header still fails only in `load_image`.
+    """
+    _open_checked(source, max_pixels, decode=False).close()
+
+
+def _open_checked(source, max_pixels: int | None, decode: bool) -> Image.Image:
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(f"image file not found: {source}")
     try:
@@ -108,13 +122,14 @@ def load_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         _check_size(image, source, max_pixels)
-        image.load()
+        if decode:
+            image.load()
     except Image.DecompressionBombError as exc:
         # Pillow refuses some sizes in open() itself (over twice its own limit), whatever ours is.
         raise ImageTooLarge(f"image {_describe(source)} is too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image {_describe(source)}: {exc}") from exc
-    return to_rgb(upright(image))
+    return image
 
 
 class ImageOutsideFolder(ValueError):
