@@ -298,6 +298,7 @@ class AnyRes:
 
     `tile`: the tower's input side in pixels; `side`: its patches per tile side; `tile_tokens`: the
     positions one tile's features fill (side**2, plus CLS with mm_vision_select_feature 'cls_patch').
+    Without `side` it only tiles (`grid`, `num_tiles`, `tiles`).
     """
 
     pinpoints: tuple[tuple[int, int], ...]
@@ -316,6 +317,8 @@ class AnyRes:
         if pinpoints is None:
             raise ValueError(f"image_aspect_ratio {aspect!r} needs image_grid_pinpoints (--image_grid_pinpoints)")
         merge = getattr(config, "mm_patch_merge_type", None) or "flat"
+        if not side:  # tiling only (image processing, the feature cache): the merge settings do not matter
+            return cls(tuple(parse_grid_pinpoints(pinpoints, tile)), tile)
         if merge not in MERGE_TYPES:
             raise ValueError(f"mm_patch_merge_type {merge!r} is not supported; choose one of {', '.join(MERGE_TYPES)}")
         max_tiles = anyres_max_tiles(aspect)

@@ -219,13 +219,22 @@ class LlavaMetaForCausalLM:
             logger.info("vision tower weights from %s (the weight files hold none)", source)
         if layout.kind == FULL and any(".mm_projector." in key for key in missing):
             logger.warning("%s holds no mm_projector weights: the projector is randomly initialised", loaded_from)
+        newline = getattr(model.get_model(), "image_newline", None)
+        if newline is not None and any(key.endswith("image_newline") for key in missing):
+            # Left as allocated otherwise (garbage); a stage-1 or LoRA checkpoint's own files may fill it next.
+            with torch.no_grad():
+                newline.copy_(torch.randn(newline.shape, generator=torch.Generator().manual_seed(0)) / math.sqrt(newline.numel()))
+            if layout.kind == FULL:
+                logger.warning("%s holds no image_newline (mm_patch_merge_type spatial_unpad): randomly initialised",
+                               loaded_from)
         return (model, info) if want_info else model
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         # transformers' load report would list every tower/projector weight as MISSING ("newly
         # initialized") although from_pretrained above fills them right after; report the rest.
         super()._adjust_missing_and_unexpected_keys(loading_info)
-        vision = {k for k in loading_info.missing_keys if ".vision_tower." in k or ".mm_projector." in k}
+        vision = {k for k in loading_info.missing_keys
+                  if ".vision_tower." in k or ".mm_projector." in k or k.endswith(".image_newline")}
         self._vision_keys_missing = vision
         loading_info.missing_keys = set(loading_info.missing_keys) - vision
 
@@ -269,7 +278,7 @@ class LlavaMetaForCausalLM:
     # -- the merge -------------------------------------------------------------------------
     def prepare_inputs_labels_for_multimodal(
         self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
-        image_features=None,
+        image_features=None, padding_side: str | None = None,
     ):
         """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected patch features.
 
@@ -278,8 +287,9 @@ class LlavaMetaForCausalLM:
 
         Returns `(input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels)`
         as official LLaVA does: `input_ids` is None once embeddings were built. Image positions
-        get IGNORE_INDEX labels. Samples are re-padded on the side their padding came from,
-        and cut to `tokenizer_model_max_length` (never inside an image).
+        get IGNORE_INDEX labels. Samples are re-padded on the side their padding came from
+        (`padding_side` when given: generation continues from the right edge, so it asks for "left" even
+        when the prompts needed no padding but their images differ in length), and cut to `tokenizer_model_max_length` (never inside an image).
 
         Packed rows (`position_ids` restarting at 0 where each sample starts, as --packing
         collates them) come back with per-sample positions counted after image expansion and
@@ -334,7 +344,8 @@ class LlavaMetaForCausalLM:
             counts = torch.full((n_markers,), projected.shape[1], dtype=torch.long, device=input_ids.device)
             projected = projected.flatten(0, 1)
         merged = self._merge(
-            input_ids, is_image, attention_mask, labels, projected, counts, past_key_values, position_ids if packed else None
+            input_ids, is_image, attention_mask, labels, projected, counts, past_key_values, position_ids if packed else None,
+            padding_side,
         )
         return (None, *merged)
 
@@ -398,7 +409,7 @@ class LlavaMetaForCausalLM:
         return bool((starts.sum(dim=1) > 1).any())
 
     def _merge(self, input_ids, is_image, attention_mask, labels, image_features, image_counts, past_key_values,
-               packed_positions=None):
+               packed_positions=None, padding_side=None):
         """`image_features` (positions of every image, hidden), in marker order, and `image_counts`
         (markers,): how many of those positions each marker's image fills; both None without images.
         `packed_positions`: the collator's per-sample positions of packed rows, else None."""
@@ -429,7 +440,7 @@ class LlavaMetaForCausalLM:
             length = length.clamp(max=max_len)
         out_len = int(length.max())
 
-        left_pad = packed_positions is None and self._pads_left(mask)
+        left_pad = packed_positions is None and (padding_side == "left" if padding_side else self._pads_left(mask))
         offset = (out_len - length) if left_pad else torch.zeros_like(length)
         position = start + offset[:, None]
         kept = mask & (start < length[:, None])
@@ -594,7 +605,7 @@ class LlavaMetaForCausalLM:
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)  # derived from the merged attention mask by generate()
         _, _, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-            input_ids, None, attention_mask, None, None, images, image_sizes
+            input_ids, None, attention_mask, None, None, images, image_sizes, padding_side="left"
         )
         if inputs_embeds is None:
             inputs_embeds = self.get_model().get_input_embeddings()(input_ids)
