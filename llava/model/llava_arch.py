@@ -25,7 +25,7 @@ from llava.constants import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
 )
-from llava.mm_utils import AnyRes, is_anyres, unpadded_size
+from llava.mm_utils import MERGE_TYPES, AnyRes, is_anyres, unpadded_size
 from llava.model.layout import FULL, CheckpointLayout
 from llava.model.multimodal_encoder import VisionTower, build_vision_tower, load_vision_tower
 from llava.model.multimodal_projector import build_vision_projector
@@ -74,6 +74,28 @@ def anyres_for(config, tower) -> AnyRes | None:
         return None
     return AnyRes.from_config(config, tile=tower.image_size, side=tower.num_patches_per_side,
                               tile_tokens=tower.num_patches)
+
+
+def check_image_settings(config) -> None:
+    """Refuse, naming the field, image settings of LLaVA / LLaVA-NeXT configs this code cannot reproduce.
+
+    Fields that only act on videos in LLaVA-NeXT (mm_newline_position, mm_spatial_pool_*, add_faster_video)
+    or only with an aspect ratio refused here (image_crop_resolution / image_split_resolution: 'crop_split')
+    are accepted and have no effect on images.
+    """
+    aspect = getattr(config, "image_aspect_ratio", None) or "square"
+    merge = getattr(config, "mm_patch_merge_type", None) or "flat"
+    if aspect not in ("square", "pad", "resize", "original") and not is_anyres(aspect):
+        raise ValueError(f"image_aspect_ratio {aspect!r} (LLaVA-NeXT's highres / crop_split tiling) is not supported; "
+                         "supported: square, pad, anyres, anyres_max_N")
+    if merge not in MERGE_TYPES:
+        raise ValueError(f"mm_patch_merge_type {merge!r} is not supported; supported: {', '.join(MERGE_TYPES)}")
+    if merge != "flat" and not is_anyres(aspect):
+        raise ValueError(f"mm_patch_merge_type {merge!r} lays out AnyRes tiles, but image_aspect_ratio is {aspect!r}; "
+                         "use anyres / anyres_max_N, or mm_patch_merge_type 'flat'")
+    resampler = getattr(config, "mm_resampler_type", None)
+    if resampler:
+        raise ValueError(f"mm_resampler_type {resampler!r}: vision resamplers are not supported")
 
 
 def uses_image_newline(config) -> bool:
@@ -127,6 +149,7 @@ class LlavaMetaModel:
     def __init__(self, config):
         super().__init__(config)
         if getattr(config, "mm_vision_tower", None):
+            check_image_settings(config)
             self.vision_tower = build_vision_tower(config)
             self.mm_projector = build_vision_projector(config, self.get_input_embeddings().embedding_dim)
             if uses_image_newline(config):  # filled from the checkpoint's `model.image_newline`
