@@ -200,3 +200,17 @@ def test_anyres_run_with_cache_grouping_and_packing_saves_reloads_generates_and_
     model_vqa(["--model-path", str(out), "--question-file", questions, "--image-folder", shapes_data["images"],
                "--answers-file", str(answers), "--max_new_tokens", "4", "--batch-size", "2"])
     assert [r["question_id"] for r in read_jsonl(str(answers))] == list(range(5))
+
+
+@pytest.mark.slow
+def test_benchmark_rows_at_a_toy_size():
+    from benchmarks import anyres as bench
+    from benchmarks.common import check_row
+
+    toy = dict(tower_hidden=32, tower_layers=1, image_size=32, patch_size=8, llm_hidden=64, llm_layers=1, images=4,
+               image_width=90, image_height=60, batch_size=2, steps=1, warmup_steps=0)
+    rows = bench.run("cpu", repeats=1, config=toy)
+    for r in rows:
+        check_row(r)
+    positions = {r["case"]: r["value"] for r in rows if r["metric"] == "positions_per_sample"}
+    assert positions["pad"] < positions["anyres_max_2"] < positions["anyres"]
