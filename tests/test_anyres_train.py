@@ -214,3 +214,29 @@ def test_benchmark_rows_at_a_toy_size():
         check_row(r)
     positions = {r["case"]: r["value"] for r in rows if r["metric"] == "positions_per_sample"}
     assert positions["pad"] < positions["anyres_max_2"] < positions["anyres"]
+
+
+@pytest.mark.slow
+def test_zero3_two_processes_train_anyres_with_image_newline(tiny_llm, tiny_clip, shapes_data, tmp_path):
+    """Under ZeRO-3 the parameters are partitioned; image_newline (used outside any submodule's forward) must
+    still be gathered for the merge, and text-only batches keep the ranks in lockstep."""
+    import subprocess
+
+    from test_train_run import REPO
+
+    out = tmp_path / "ft"
+    env = {**os.environ, "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip, "DATA_PATH": shapes_data["data"],
+           "IMAGE_FOLDER": shapes_data["images"], "RUN_NAME": "test", "OUTPUT_DIR": str(out), "MAX_STEPS": "3",
+           "SAVE_STEPS": "3", "BATCH_SIZE": "2", "NUM_GPUS": "2",
+           "EXTRA_ARGS": f"--image_aspect_ratio anyres_max_4 --image_grid_pinpoints {PINPOINTS} "
+                         "--mm_patch_merge_type spatial_unpad --model_max_length 512"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "finetune.sh")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=400, check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "ZeRO-3" in log and f"checkpoint in {out}" in log
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "model.safetensors"))
+    newline = weights["model.image_newline"]
+    assert newline.numel() == 64 and torch.isfinite(newline).all() and newline.abs().sum() > 0
