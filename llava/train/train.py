@@ -22,6 +22,7 @@ from llava.train import deepspeed_cpu, feature_cache, final_model, run_record
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, resolve_backbone
 from llava.model.layout import checkpoint_kind
+from llava.model.llava_arch import anyres_for
 from llava.train.checkpoint import TRAINER_STATE, resolve_resume, save_kind
 from llava.train.disk import explain_full_disk
 from llava.train.monitors import TrainingMonitors
@@ -51,6 +52,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
     tower = model.get_vision_tower()  # a peft wrapper forwards this to the LLaVA model
     image_processor = tower.load_image_processor()
     config = model.config
+    anyres = anyres_for(config, tower)  # None unless --image_aspect_ratio anyres / anyres_max_N
     common = dict(
         tokenizer=tokenizer,
         template=template,
@@ -63,6 +65,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
         skip_invalid=data_args.skip_invalid,
         max_image_pixels=data_args.max_image_pixels or None,
         allow_outside_image_folder=data_args.allow_outside_image_folder,
+        anyres=anyres,
         # With a feature cache, samples are built only once the cache is attached.
         lazy=data_args.lazy_preprocess or bool(training_args.vision_feature_cache),
     )
@@ -92,6 +95,7 @@ def open_feature_cache(training_args, tower, image_processor, config, datasets, 
         return feature_cache.ensure(
             training_args.vision_feature_cache, tower, image_processor, config.image_aspect_ratio, paths,
             build_allowed=training_args.local_process_index == 0, max_image_pixels=max_image_pixels or None,
+            image_grid_pinpoints=getattr(config, "image_grid_pinpoints", None),
             num_workers=training_args.dataloader_num_workers, device=training_args.device,
         )
 
