@@ -22,7 +22,7 @@ from benchmarks.common import check_row, format_table, machine_info, machine_lin
 
 # In order of running. length_mix and feature_cache come from their own branches.
 SUITES = {
-    "cpu": ("train_step", "model_vqa_batch", "scaling", "length_mix", "feature_cache"),
+    "cpu": ("train_step", "model_vqa_batch", "scaling", "length_mix", "feature_cache", "anyres"),
     "gpu": ("gpu",),
     # Full training runs through the launchers (minutes each): accuracy on public data, not speed.
     "learning": ("digits",),

@@ -20,13 +20,16 @@ at a check we are missing.
 Under torchrun / deepspeed every rank runs the entry point. An error raised while every rank does
 the same work (argument, path and data checks) is printed by rank 0 alone; once an entry point calls `ranks_may_differ()` (training, when its steps start) an
 error only some ranks may meet (a bad record loaded mid-training) is printed by each rank that
-meets it, prefixed with its rank. Every rank exits non-zero.
+meets it, prefixed with its rank. Every rank exits non-zero. The rank that failed leaves its line in the
+process group's store; a peer whose next collective then breaks (the connection to the failed rank
+closes) prints one line naming that rank instead of the communication library's traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import linecache
 import os
 import re
@@ -39,6 +42,11 @@ _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permis
 _same_on_every_rank = True
 # torch re-raises a DataLoader worker's exception as "Caught <Type> in DataLoader worker process N."
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+")
+# How gloo and NCCL word a collective broken by a peer that exited.
+_PEER_GONE = re.compile(
+    r"Connection closed by peer|Connection reset by peer|remote worker crash|remote process exit|Broken pipe", re.I
+)
+_FAILED_RANK_KEY = "llava/failed_rank"
 
 
 class DataError(ValueError):
@@ -137,13 +145,57 @@ def report(exc: BaseException, program: str) -> None:
     """Print a clear error's one line (on the ranks that should)."""
     # An entry point's own SystemExit message is printed as it worded it.
     line = message(exc) if isinstance(exc, SystemExit) else f"{program}: error: {message(exc)}"
+    if not _same_on_every_rank:
+        _tell_peers()
     if rank() != 0:
         if _same_on_every_rank:
             return
         line = f"[rank {rank()}] {line}"
+    _print(line)
+
+
+def _print(line: str) -> None:
     _close_progress_bars()
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
+
+
+def _process_group_store():
+    """The default process group's key-value store, when this process is in one (never imports torch)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _tell_peers() -> None:
+    """Leave this rank's number where the other ranks look when their collectives break."""
+    store = _process_group_store()
+    if store is None:
+        return
+    with contextlib.suppress(Exception):  # the store may be gone with its host rank: the line is still printed
+        store.set(_FAILED_RANK_KEY, str(rank()))
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """A collective broken because another rank exited, once ranks may fail apart (see ranks_may_differ)."""
+    return (not _same_on_every_rank and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+            and isinstance(exc, RuntimeError) and bool(_PEER_GONE.search(str(exc))))
+
+
+def report_peer_failure(program: str) -> None:
+    """One line instead of the traceback of a broken collective, naming the rank that failed."""
+    failed = None
+    store = _process_group_store()
+    if store is not None:
+        with contextlib.suppress(Exception):  # gone with its host rank, or the failed rank left no word
+            store.set_timeout(datetime.timedelta(seconds=5))
+            failed = store.get(_FAILED_RANK_KEY).decode()
+    who = f"rank {failed}" if failed is not None else "another rank"
+    _print(f"[rank {rank()}] {program}: stopped because {who} failed; see {who}'s error")
 
 
 def _close_progress_bars() -> None:
@@ -193,6 +245,12 @@ def status(main, *args, program: str | None = None) -> int:
         report(exc, program)
         return EXIT_CODE
     except Exception as exc:
+        if not debug() and peer_failure(exc):
+            report_peer_failure(program)
+            # With a peer gone, the communication library's threads abort the interpreter's normal
+            # shutdown ("terminate called without an active exception"): leave at once, output flushed.
+            sys.stderr.flush()
+            os._exit(EXIT_CODE)
         if debug() or not is_clear(exc):
             raise
         report(exc, program)

@@ -19,11 +19,7 @@ from transformers import TextIteratorStreamer
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import (
-    KeywordsStoppingCriteria,
-    load_image,
-    process_images,
-    strip_stop_str,
-    tokenizer_image_token,
+    KeywordsStoppingCriteria, Tiles, load_image, process_images, strip_stop_str, tokenizer_image_token,
     tokenizer_image_tokens,
 )
 
@@ -41,8 +37,9 @@ class Prepared:
     """One request ready for the model: token ids (IMAGE_TOKEN_INDEX at the image) and its pixels."""
 
     input_ids: torch.Tensor  # (T,)
-    image: torch.Tensor | None  # (C, H, W) or None for a text-only request
+    image: torch.Tensor | None  # (C, H, W), AnyRes tiles (tiles, C, H, W), or None for a text-only request
     prompt: str
+    image_size: tuple[int, int] | None = None  # (width, height) of an AnyRes image, which its tiles' layout needs
 
 
 @dataclasses.dataclass
@@ -113,13 +110,23 @@ class InferenceEngine:
         conv.append_message(conv.roles[0], (self.image_prefix(conv) + text) if has_image else text)
         conv.append_message(conv.roles[1], None)
 
-    def process_image(self, image) -> torch.Tensor:
-        """(C, H, W) pixels for an image path, bytes or PIL image, as the checkpoint was trained."""
+    def process_image(self, image) -> torch.Tensor | Tiles:
+        """(C, H, W) pixels for an image path, bytes or PIL image, as the checkpoint was trained (AnyRes: `Tiles`)."""
         return self.process_images([image])[0]
 
-    def process_images(self, images: Sequence) -> torch.Tensor:
-        """(N, C, H, W) pixels for several images in one image-processor call (its per-call cost is paid once)."""
-        return process_images([load_image(image) for image in images], self.image_processor, self.model.config)
+    def process_images(self, images: Sequence) -> torch.Tensor | list[Tiles]:
+        """(N, C, H, W) pixels for several images in one image-processor call (its per-call cost is paid once);
+        with AnyRes, each image's `Tiles`."""
+        loaded = [load_image(image) for image in images]
+        anyres = self._anyres()
+        if anyres is not None:
+            return [Tiles(anyres.tiles(image, self.image_processor), image.size) for image in loaded]
+        return process_images(loaded, self.image_processor, self.model.config)
+
+    def _anyres(self):
+        from llava.model.llava_arch import anyres_for
+
+        return anyres_for(self.model.config, self.model.get_vision_tower())
 
     def prepare(self, conv: Conversation, image=None, input_ids: torch.Tensor | None = None) -> Prepared:
         """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output.
@@ -131,14 +138,17 @@ class InferenceEngine:
             input_ids = tokenizer_image_token(
                 prompt, self.tokenizer, return_tensors="pt", add_special_tokens=conv.add_special_tokens
             )
-        length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._num_patches() - 1)
+        pixels = image if image is None or isinstance(image, (torch.Tensor, Tiles)) else self.process_image(image)
+        size = pixels.size if isinstance(pixels, Tiles) else None
+        length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._image_tokens(size) - 1)
         if length >= self.context_len:
             # The model would otherwise cut the prompt; an answer to half a question is worse than none.
             raise ValueError(
                 f"the prompt is {length} tokens with the image expanded, which leaves no room to answer within "
                 f"the model's context of {self.context_len} tokens; shorten the question or start a new conversation"
             )
-        pixels = image if image is None or isinstance(image, torch.Tensor) else self.process_image(image)
+        if isinstance(pixels, Tiles):
+            return Prepared(input_ids, pixels.pixels, prompt, pixels.size)
         return Prepared(input_ids, pixels, prompt)
 
     def tokenize(self, convs: Sequence[Conversation]) -> list[torch.Tensor]:
@@ -146,9 +156,13 @@ class InferenceEngine:
         special = convs[0].add_special_tokens if convs else True
         return tokenizer_image_tokens([conv.get_prompt() for conv in convs], self.tokenizer, add_special_tokens=special)
 
-    def _num_patches(self) -> int:
+    def _image_tokens(self, size: tuple[int, int] | None) -> int:
+        """Positions the image fills in the LLM (AnyRes: depends on its `size`)."""
         tower = self.model.get_vision_tower()
-        return tower.num_patches if tower is not None else 1
+        if tower is None:
+            return 1
+        anyres = self._anyres() if size is not None else None
+        return anyres.tokens(size) if anyres is not None else tower.num_patches
 
     # -- generation ------------------------------------------------------------------------------
     def _batch(self, items: Sequence[Prepared]) -> dict:
@@ -161,11 +175,18 @@ class InferenceEngine:
             input_ids[row, width - len(item.input_ids) :] = item.input_ids
             attention_mask[row, width - len(item.input_ids) :] = 1
         images = [item.image for item in items if item.image is not None]
-        pixels = None
+        pixels, extra = None, {}
         if images:
             tower = self.model.get_vision_tower()
-            pixels = torch.stack(images).to(device=self.device, dtype=tower.dtype)
-        return dict(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), images=pixels)
+            sizes = [item.image_size for item in items if item.image is not None]
+            if sizes[0] is not None:  # AnyRes: every image's tiles in turn, and the sizes that lay them out
+                pixels = torch.cat(images)
+                extra["image_sizes"] = torch.tensor(sizes, dtype=torch.long, device=self.device)
+            else:
+                pixels = torch.stack(images)
+            pixels = pixels.to(device=self.device, dtype=tower.dtype)
+        return dict(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), images=pixels,
+                    **extra)
 
     def _generate_kwargs(self, batch: dict, settings: GenerationSettings, stop_str: str) -> dict:
         kwargs = dict(**batch, **settings.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id)

@@ -12,6 +12,7 @@ LLaVA's preprocess_* outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -72,6 +73,16 @@ def render(conversations, template: str, num_images: int, mm_use_im_start_end: b
     return conversation(conversations, template, num_images, mm_use_im_start_end, tokenizer).get_prompt_and_targets()
 
 
+def image_token_counts(image_tokens: int | Sequence[int], num_markers: int) -> list[int]:
+    """Each image's positions: `image_tokens` for every marker, or the per-image list (one per marker)."""
+    if isinstance(image_tokens, int):
+        return [image_tokens] * num_markers
+    counts = [int(n) for n in image_tokens]
+    if len(counts) != num_markers:
+        raise ValueError(f"{len(counts)} per-image token counts for {num_markers} <image> markers")
+    return counts
+
+
 def sequence_lengths(
     records: list[tuple[list, int]],
     tokenizer,
@@ -82,7 +93,7 @@ def sequence_lengths(
     image_tokens: int = 1,
     chunk: int = 4096,
 ) -> list[int]:
-    """How many positions each (conversations, num_images) record fills in the LLM, images expanded.
+    """How many positions each (conversations, num_images[, per-image tokens]) record fills in the LLM, images expanded.
 
     The same count `preprocess` gives (`len(input_ids)` + `image_tokens - 1` per image, cut to
     `max_length`), without the per-token answer mask: prompts are tokenised in batches, which is
@@ -90,12 +101,15 @@ def sequence_lengths(
     """
     lengths = []
     for begin in range(0, len(records), chunk):
-        convs = [conversation(c, template, n, mm_use_im_start_end, tokenizer) for c, n in records[begin : begin + chunk]]
+        part = records[begin : begin + chunk]
+        convs = [conversation(r[0], template, r[1], mm_use_im_start_end, tokenizer) for r in part]
         prompts = [conv.get_prompt() for conv in convs]
         special = convs[0].add_special_tokens if convs else True
-        for ids in tokenizer_image_tokens(prompts, tokenizer, add_special_tokens=special):
-            # Each marker is one position that becomes `image_tokens` patch embeddings.
-            lengths.append(len(ids) + int((ids == IMAGE_TOKEN_INDEX).sum()) * (image_tokens - 1))
+        for record, ids in zip(part, tokenizer_image_tokens(prompts, tokenizer, add_special_tokens=special)):
+            # Each marker is one position that becomes its image's tokens (a record's third item, when
+            # given, lists them per image: AnyRes images differ).
+            counts = image_token_counts(record[2] if len(record) > 2 else image_tokens, int((ids == IMAGE_TOKEN_INDEX).sum()))
+            lengths.append(len(ids) + sum(counts) - len(counts))
     return lengths if max_length is None else [min(n, max_length) for n in lengths]
 
 
@@ -108,12 +122,14 @@ def preprocess(
     num_images: int = 0,
     mm_use_im_start_end: bool = False,
     max_length: int | None = None,
-    image_tokens: int = 1,
+    image_tokens: int | Sequence[int] = 1,
 ) -> Sample:
     """Tokenise one conversation and mask everything but the assistant's answers.
 
     `image_tokens` is how many positions one image fills once the model expands it
-    (the tower's patch count), so `max_length` bounds the sequence the LLM really sees.
+    (the tower's patch count), or a list with each image's count (AnyRes: they depend on the
+    image's size), so `max_length` bounds the sequence the LLM really sees. A cut never falls
+    inside an image: such a record is refused.
     """
     raise_first_error(record_id, conversation_problems(conversations, num_images))
     conv = conversation(conversations, template, num_images, mm_use_im_start_end, tokenizer)
@@ -138,7 +154,7 @@ def preprocess(
 
     truncated = False
     image_positions = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
-    extra = len(image_positions) * (image_tokens - 1)
+    extra = sum(image_token_counts(image_tokens, len(image_positions))) - len(image_positions)
     length = len(ids) + extra
     if max_length is not None:
         if length > max_length:

@@ -182,3 +182,51 @@ def test_two_processes_print_a_setup_error_once_and_both_exit_non_zero(tiny_llm,
     line = "llava.train: error: --version: unknown conversation template 'vicuna_v9'"
     assert results[0][1].count(line) == 1 and "Traceback" not in results[0][1]
     assert "vicuna_v9" not in results[1][1] and "Traceback" not in results[1][1]  # rank 1 stays quiet
+
+
+# A training step as two ranks meet it when a bad record reaches one of them: rank 1 fails with a clear
+# error, rank 0 is waiting in a collective whose connection to rank 1 then closes.
+_TWO_RANKS = """
+import sys, torch, torch.distributed as dist
+from llava import errors
+from llava.records import InvalidRecord
+
+def main():
+    dist.init_process_group("gloo")
+    errors.ranks_may_differ()
+    if dist.get_rank() == 1:
+        raise InvalidRecord("r7", "image x.png cannot be read", "corrupt image")
+    for _ in range(100):
+        dist.all_reduce(torch.ones(4))
+        __import__("time").sleep(0.05)
+
+errors.run(main, program="llava.train")
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peer_failed_prints_one_line_naming_that_rank(tmp_path):
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('', 0)); "
+                           "print(s.getsockname()[1])"], capture_output=True, text=True).stdout.strip()
+    ranks = [subprocess.Popen([sys.executable, str(script)],
+                              env={**os.environ, "PYTHONPATH": REPO, "RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    (_, err0), (_, err1) = [rank.communicate(timeout=120) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [2, 2], (err0, err1)
+    assert err1.strip().splitlines()[-1] == "[rank 1] llava.train: error: record 'r7': image x.png cannot be read"
+    assert "Traceback" not in err0, err0
+    assert err0.strip().splitlines() == ["[rank 0] llava.train: stopped because rank 1 failed; see rank 1's error"]
+
+
+def test_a_broken_collective_before_ranks_may_differ_keeps_its_traceback(monkeypatch):
+    """Until the steps start every rank does the same work: a broken connection then is not a peer's data error."""
+    monkeypatch.setattr(errors, "_same_on_every_rank", True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    broken = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:36580.")
+    assert not errors.peer_failure(broken)
+    errors.ranks_may_differ()
+    assert errors.peer_failure(broken)
+    assert not errors.peer_failure(RuntimeError("CUDA out of memory"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -73,7 +74,8 @@ def test_shuffled_chunks_agree_with_the_unchunked_run_and_record_the_ablation(ch
 
     real = tmp_path / "real.jsonl"
     answer(checkpoint, questions, demo_data, real)
-    assert all(r["metadata"] == {"image_ablation": "none"} for r in read_jsonl(str(real)))
+    assert all(r["metadata"] == {"image_ablation": "none", "model_path": os.path.abspath(checkpoint)}
+               for r in read_jsonl(str(real)))
     # A file answered under one condition is not resumed under another.
     with pytest.raises(SystemExit, match=r"real\.jsonl:1 was answered with --image-ablation none, this run uses blank"):
         answer(checkpoint, questions, demo_data, real, "--image-ablation", "blank")

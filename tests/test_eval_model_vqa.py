@@ -61,7 +61,7 @@ def test_batched_answers_equal_unbatched_and_files_follow_official_format(checkp
 def test_resume_skips_answered_ids_and_drops_a_half_written_line(checkpoint, questions, demo_data, tmp_path):
     answers = str(tmp_path / "answers.jsonl")
     done = [{"question_id": q["question_id"], "prompt": q["text"], "text": "kept", "answer_id": f"old{i}",
-             "model_id": "m", "metadata": {}} for i, q in enumerate(read_jsonl(questions)[:3])]
+             "model_id": os.path.basename(checkpoint), "metadata": {}} for i, q in enumerate(read_jsonl(questions)[:3])]
     with open(answers, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in done)
         f.write('{"question_id": "half-writ')  # a run killed mid-write
@@ -224,3 +224,79 @@ def test_prompts_tokenised_together_get_the_ids_of_one_by_one(backbone, tiny_llm
     assert len(together) == len(prompts)
     for prompt, ids in zip(prompts, together):
         assert torch.equal(ids, tokenizer_image_token(prompt, tokenizer, return_tensors="pt"))
+
+
+def test_an_answers_file_of_another_model_is_refused_or_started_over(checkpoint, questions, demo_data, tmp_path):
+    import shutil
+
+    few = write_questions(str(tmp_path / "few.jsonl"), read_jsonl(questions)[:3])
+    other = str(tmp_path / "llava-other")
+    shutil.copytree(checkpoint, other)
+    answers = str(tmp_path / "answers.jsonl")
+    run(checkpoint, few, demo_data, answers)
+    with pytest.raises(SystemExit, match=r"answers\.jsonl:1 was answered by .*llava-phi.*--overwrite-answers"):
+        run(other, few, demo_data, answers)
+    assert [a["metadata"]["model_path"] for a in read_jsonl(answers)] == [os.path.abspath(checkpoint)] * 3
+    summary = run(other, few, demo_data, answers, "--overwrite-answers")
+    assert summary["answered"] == 3 and summary["already_done"] == 0
+    assert [a["metadata"]["model_path"] for a in read_jsonl(answers)] == [os.path.abspath(other)] * 3
+
+
+def _questions_with_own_images(questions, demo_data, tmp_path, n=4):
+    """`n` questions whose images are copies in a folder of their own, free to damage."""
+    import shutil
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    by_image = {}
+    for record in read_jsonl(demo_data["eval_questions_jsonl"]):
+        by_image.setdefault(record["image"], record)
+    records = list(by_image.values())[:n]
+    for record in records:
+        shutil.copy(os.path.join(demo_data["image_folder"], record["image"]), folder / record["image"])
+    return records, write_questions(str(tmp_path / "q.jsonl"), records), {"image_folder": str(folder)}
+
+
+def test_an_unreadable_image_stops_the_run_before_generation_or_is_recorded_as_failed(checkpoint, questions,
+                                                                                     demo_data, tmp_path):
+    records, path, folder = _questions_with_own_images(questions, demo_data, tmp_path)
+    (tmp_path / "images" / records[2]["image"]).write_bytes(b"not an image at all")
+    answers = str(tmp_path / "answers.jsonl")
+    with pytest.raises(SystemExit, match=rf"1 question\(s\) have an image that cannot be read, e\.g\. question "
+                                         rf"{records[2]['question_id']!r}.*--skip-bad-images"):
+        run(checkpoint, path, folder, answers)
+    assert not os.path.exists(answers)  # found before the model was even loaded
+    summary = run(checkpoint, path, folder, answers, "--skip-bad-images", "--batch-size", "2")
+    assert summary["answered"] == 3 and summary["failed_image"] == 1
+    by_id = {a["question_id"]: a for a in read_jsonl(answers)}
+    assert sorted(by_id) == sorted(r["question_id"] for r in records)
+    failed = by_id[records[2]["question_id"]]
+    assert failed["text"] == "" and "cannot decode image" in failed["metadata"]["error"]
+    assert all(a["text"] and "error" not in a["metadata"] for q, a in by_id.items() if q != records[2]["question_id"])
+
+
+def test_an_image_damaged_past_its_header_is_found_at_its_batch_and_skipped_when_asked(checkpoint, questions,
+                                                                                      demo_data, tmp_path):
+    records, path, folder = _questions_with_own_images(questions, demo_data, tmp_path)
+    damaged = tmp_path / "images" / records[3]["image"]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # the header reads, the pixels do not
+    answers = str(tmp_path / "answers.jsonl")
+    with pytest.raises(SystemExit, match=rf"question {records[3]['question_id']!r}: .*--skip-bad-images"):
+        run(checkpoint, path, folder, answers, "--batch-size", "2")
+    assert [a["question_id"] for a in read_jsonl(answers)] == [r["question_id"] for r in records[:2]]
+    summary = run(checkpoint, path, folder, answers, "--batch-size", "2", "--skip-bad-images")
+    assert summary["answered"] == 1 and summary["failed_image"] == 1 and summary["already_done"] == 2
+    last = read_jsonl(answers)[-2:]
+    assert {a["question_id"]: bool(a["text"]) for a in last} == {records[2]["question_id"]: True,
+                                                                 records[3]["question_id"]: False}
+
+
+def test_repeated_question_ids_are_answered_with_a_warning_naming_them(checkpoint, questions, demo_data, tmp_path,
+                                                                      caplog):
+    records = read_jsonl(questions)[:3]
+    path = write_questions(str(tmp_path / "q.jsonl"), records + [records[0], records[0]])
+    with caplog.at_level("WARNING"):
+        summary = run(checkpoint, path, demo_data, str(tmp_path / "a.jsonl"))
+    assert summary["answered"] == 5
+    warnings = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    assert len(warnings) == 1 and f"1 question id(s) appear more than once ({records[0]['question_id']!r} x3)" in warnings[0]

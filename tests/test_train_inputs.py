@@ -183,3 +183,34 @@ def test_checked_paths_are_the_resolved_folders(tiny_llm, tiny_clip, demo_data, 
                                                os.path.basename(tiny_llm("phi"))))
     check_inputs(model_args, data_args)
     assert os.path.isdir(model_args.model_name_or_path) and model_args.vision_tower == tiny_clip
+
+
+def test_a_truncated_record_is_named_and_counted_once_however_often_it_is_loaded(env, tiny_llm, tiny_clip, tmp_path,
+                                                                                caplog):
+    long_answer = " ".join(["circle"] * 400)  # far past --model_max_length 256
+    records = [record(0, env["good"]), record(1, env["good"]),
+               {"id": "long-1", "image": env["good"], "conversations": [
+                   {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": long_answer}]}]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    with caplog.at_level("INFO"):
+        train(["--model_name_or_path", tiny_llm("phi"), "--vision_tower", tiny_clip, "--data_path", str(path),
+               "--image_folder", env["folder"], "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "3",
+               "--per_device_train_batch_size", "3", "--model_max_length", "256", "--report_to", "none",
+               "--save_strategy", "no"])
+    warnings = [r.getMessage() for r in caplog.records if "cut to --model_max_length" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("record 'long-1': ")  # loaded 3 times, said once
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train data:")]
+    assert summary == ["train data: 3 records, 0 skipped (none on rank 0), 1 truncated to --model_max_length 256 "
+                       "('long-1')"]
+
+
+def test_duplicate_record_ids_are_trained_as_given_with_a_warning_naming_them(env, tmp_path, caplog):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([record(0), record(1), record(0), record(2), record(0), record(1)]))
+    with caplog.at_level("WARNING"):
+        ds = dataset(env, path)
+    assert len(ds) == 6  # nothing dropped: a repeat may be on purpose
+    warning = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    assert len(warning) == 1 and "2 record id(s) appear more than once ('r0' x3, 'r1' x2)" in warning[0]
+    assert str(path) in warning[0]

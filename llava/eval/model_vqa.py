@@ -6,7 +6,10 @@
 
 Questions JSONL: `question_id, image, text[, category]`. Answers JSONL (one line per question):
 `question_id, prompt, text, answer_id, model_id, metadata`. Question ids already in the answers
-file are skipped, so an interrupted run continues where it stopped.
+file are skipped, so an interrupted run continues where it stopped; a file answered by another
+--model-path or --image-ablation is refused (`--overwrite-answers` starts it over). Every image is
+checked before generation; `--skip-bad-images` answers the other questions and records an unreadable
+image's question as failed (`metadata.error`).
 
 `--image-ablation blank|shuffle` asks the same questions without their images (a uniform image of the
 same size) or with another question's image, and records which in each answer's `metadata`; scored
@@ -31,7 +34,8 @@ from llava import errors
 from llava.errors import DataError
 from llava.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
 from llava.mm_utils import (
-    MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, processor_mean_color,
+    MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, probe_image,
+    processor_mean_color,
 )
 from llava.records import describe, question_problems, read_records
 
@@ -70,21 +74,49 @@ def blank_image(image: Image.Image, image_processor) -> Image.Image:
     return Image.new("RGB", image.size, processor_mean_color(image_processor))
 
 
-def check_answers_ablation(path: str, ablation: str) -> None:
-    """Refuse to resume an answers file written under another --image-ablation (a mixed file scores as neither)."""
+def check_answers_file(path: str, ablation: str, model_path: str) -> None:
+    """Refuse to add to an answers file written by another model or under another --image-ablation.
+
+    A file holding two models' answers (or two conditions) scores as neither, and nothing in it tells
+    them apart afterwards. Files from before `metadata.model_path` was written are matched by `model_id`.
+    """
     if not os.path.exists(path):
         return
+    model = os.path.abspath(model_path)
+    start_over = "give another --answers-file, or pass --overwrite-answers to start this one over"
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
             try:
-                found = (json.loads(line).get("metadata") or {}).get("image_ablation", "none")
+                answer = json.loads(line)
+                metadata = answer.get("metadata") or {}
             except (json.JSONDecodeError, AttributeError):
                 continue
-            if found != ablation:
-                raise ValueError(
-                    f"{path}:{line_no} was answered with --image-ablation {found}, this run uses {ablation}; "
-                    "give another --answers-file (or delete this one) so conditions do not mix"
+            found = metadata.get("model_path")
+            same = found == model if found else answer.get("model_id") in (None, get_model_name_from_path(model))
+            if not same:
+                raise DataError(
+                    f"{path}:{line_no} was answered by {found or answer.get('model_id')!r}, this run's --model-path "
+                    f"is {model}; {start_over} (answers of two models in one file score as neither)"
                 )
+            found = metadata.get("image_ablation", "none")
+            if found != ablation:
+                raise DataError(
+                    f"{path}:{line_no} was answered with --image-ablation {found}, this run uses {ablation}; "
+                    f"{start_over} so conditions do not mix"
+                )
+
+
+def warn_duplicate_question_ids(questions: list[dict], path: str) -> None:
+    """Repeated question ids are answered as given, but said: the answers file cannot tell their answers apart."""
+    counts: dict = {}
+    for q in questions:
+        counts[q["question_id"]] = counts.get(q["question_id"], 0) + 1
+    repeated = {qid: n for qid, n in counts.items() if n > 1}
+    if repeated:
+        shown = ", ".join(f"{qid!r} x{n}" for qid, n in list(repeated.items())[:10])
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        logger.warning("%s: %d question id(s) appear more than once (%s%s); each copy is answered, and scorers "
+                       "keyed by question_id will see only one answer per id", path, len(repeated), shown, more)
 
 
 def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
@@ -157,6 +189,30 @@ def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool,
     return kept
 
 
+def unreadable_images(questions: list[dict], image_folder: str, max_pixels: int | None) -> dict:
+    """question_id -> why its image cannot be used, from each image's header (nothing decoded).
+
+    Run over the questions still to answer, before the model loads: a file that is no image, or is too
+    large, stops the run at once instead of at its batch, hours in, on every re-run alike.
+    """
+    bad = {}
+    with_images = [q for q in questions if q.get("image")]
+    for q in tqdm(with_images, desc="checking images", unit="img", disable=len(with_images) < 1000):
+        try:
+            probe_image(os.path.join(image_folder, q["image"]), max_pixels=max_pixels)
+        except (OSError, ValueError) as exc:
+            bad[q["question_id"]] = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else str(exc)
+    return bad
+
+
+class BadImage(ValueError):
+    """A question's image could not be loaded; `question_id` names the question."""
+
+    def __init__(self, question_id, reason):
+        super().__init__(f"question {question_id!r}: {reason}")
+        self.question_id, self.reason = question_id, reason
+
+
 def prepare_batch(
     engine: InferenceEngine, batch: list[dict], image_folder: str, max_pixels: int | None = MAX_IMAGE_PIXELS,
     ablation: str = "none", shown: dict[str, str] | None = None,
@@ -172,8 +228,8 @@ def prepare_batch(
         try:
             image = load_image(os.path.join(image_folder, name), max_pixels=max_pixels) if name else None
         except (OSError, ValueError) as exc:
-            reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else exc
-            raise ValueError(f"question {q['question_id']!r}: {reason}") from exc
+            reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else str(exc)
+            raise BadImage(q["question_id"], reason) from exc
         if image is not None and ablation == "blank":
             image = blank_image(image, engine.image_processor)
         loaded.append(image)
@@ -196,60 +252,89 @@ def prepare_batch(
 def eval_model(args, engine: InferenceEngine | None = None) -> dict:
     """Answer the questions of `args`; `engine`: a model already loaded (llava.eval.image_ablation reuses one)."""
     ablation = getattr(args, "image_ablation", "none")
+    skip_bad = getattr(args, "skip_bad_images", False)
     every = read_questions(args.question_file)
+    warn_duplicate_question_ids(every, args.question_file)
     # From the whole file, before chunking: every chunk of a split run shows the same swapped images.
     shown = shuffled_images(every, args.ablation_seed) if ablation == "shuffle" else None
     chunk = get_chunk(every, args.num_chunks, args.chunk_idx)
     questions = resolve_images(chunk, args.image_folder, args.skip_missing_images, args.allow_outside_image_folder)
     skipped_missing = len(chunk) - len(questions)
-    check_answers_ablation(args.answers_file, ablation)
+    if getattr(args, "overwrite_answers", False) and os.path.exists(args.answers_file):
+        os.remove(args.answers_file)
+    check_answers_file(args.answers_file, ablation, args.model_path)
     done = answered_ids(args.answers_file)
     todo = [q for q in questions if q["question_id"] not in done]
+    max_pixels = args.max_image_pixels or None
+    bad = unreadable_images(todo if ablation != "shuffle" else [{**q, "image": shown.get(q.get("image"))}
+                                                                  for q in todo], args.image_folder, max_pixels)
+    if bad and not skip_bad:
+        qid, reason = next(iter(bad.items()))
+        raise DataError(f"{len(bad)} question(s) have an image that cannot be read, e.g. question {qid!r}: {reason}. "
+                        "Fix or remove them, or pass --skip-bad-images to answer the others and record these as failed")
 
     if engine is None:
         engine = InferenceEngine.from_pretrained(
             args.model_path, args.model_base, args.conv_mode, load_4bit=args.load_4bit, load_8bit=args.load_8bit
         )
     model_id = get_model_name_from_path(args.model_path)
+    model_path = os.path.abspath(args.model_path)
     settings = GenerationSettings(args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
+
+    def answer_line(q: dict, text: str, **extra) -> str:
+        metadata = {"image_ablation": ablation, "model_path": model_path, **extra}
+        if ablation == "shuffle" and q.get("image"):
+            metadata["image_shown"] = shown[q["image"]]
+        return json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": text,
+                           "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": metadata}) + "\n"
 
     os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
     _truncate_partial_line(args.answers_file)
+    failed = 0
     start = time.perf_counter()
     with open(args.answers_file, "a") as out, tqdm(total=len(todo), desc="model_vqa", unit="q") as bar:
         for i in range(0, len(todo), args.batch_size):
             batch = todo[i : i + args.batch_size]
-            prepared = prepare_batch(engine, batch, args.image_folder, args.max_image_pixels or None, ablation, shown)
-            answers = engine.generate(prepared, settings)
+            while True:
+                for q in [q for q in batch if q["question_id"] in bad]:
+                    # An empty answer, which scorers count as wrong, with the reason beside it.
+                    out.write(answer_line(q, "", error=bad[q["question_id"]]))
+                    logger.warning("question %r recorded as failed: %s", q["question_id"], bad[q["question_id"]])
+                    failed += 1
+                batch = [q for q in batch if q["question_id"] not in bad]
+                if not batch:
+                    break
+                try:
+                    prepared = prepare_batch(engine, batch, args.image_folder, max_pixels, ablation, shown)
+                    break
+                except BadImage as exc:  # damaged past its header: found only when decoded
+                    if not skip_bad:
+                        raise DataError(f"{exc}. Pass --skip-bad-images to answer the other questions and record "
+                                        "this one as failed") from None
+                    bad[exc.question_id] = exc.reason
+            answers = engine.generate(prepared, settings) if batch else []
             for q, answer in zip(batch, answers):
-                metadata = {"image_ablation": ablation}
-                if ablation == "shuffle" and q.get("image"):
-                    metadata["image_shown"] = shown[q["image"]]
-                record = {
-                    "question_id": q["question_id"],
-                    "prompt": q["text"],
-                    "text": answer,
-                    "answer_id": uuid.uuid4().hex,
-                    "model_id": model_id,
-                    "metadata": metadata,
-                }
-                out.write(json.dumps(record) + "\n")
+                out.write(answer_line(q, answer))
             out.flush()  # each finished batch survives an interruption
-            bar.update(len(batch))
+            bar.update(len(todo[i : i + args.batch_size]))
     elapsed = time.perf_counter() - start
+    answered = len(todo) - failed
     summary = {
         "image_ablation": ablation,
-        "answered": len(todo),
+        "answered": answered,
+        "failed_image": failed,
         "already_done": len(questions) - len(todo),
         "skipped_missing_image": skipped_missing,
         "seconds": elapsed,  # unrounded: benchmarks read sub-second runs from here; the line below rounds
-        "questions_per_second": len(todo) / elapsed if todo and elapsed > 0 else None,
+        "questions_per_second": answered / elapsed if answered and elapsed > 0 else None,
     }
     print(
         f"model_vqa: answered {summary['answered']} question(s) in {elapsed:.1f}s "
         f"({summary['questions_per_second'] or 0:.2f} q/s, batch size {args.batch_size}); "
         f"{summary['already_done']} already in {args.answers_file}; "
         f"{summary['skipped_missing_image']} skipped for missing images"
+        + (f"; {failed} recorded as failed for unreadable images (metadata.error; delete those lines to retry)"
+           if failed else "")
         + ("" if ablation == "none" else f"; image ablation: {ablation}")
     )
     return summary
@@ -272,6 +357,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-missing-images", action="store_true", help="leave questions whose image is missing unanswered (counted)"
     )
+    parser.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="answer the other questions when an image cannot be read, and record its question as failed "
+             "(empty text, the reason in metadata.error)",
+    )
     parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
                         help="refuse images with more pixels than this before decoding them (0: no limit)")
     parser.add_argument("--allow-outside-image-folder", action="store_true",
@@ -283,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(parser)
     parser.add_argument("--answers-file", required=True)
+    parser.add_argument("--overwrite-answers", action="store_true",
+                        help="start --answers-file over instead of continuing it (it may hold another model's answers)")
     parser.add_argument("--num-chunks", type=int, default=1)
     parser.add_argument("--chunk-idx", type=int, default=0)
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""Export a LLaVA checkpoint as a transformers `LlavaForConditionalGeneration` + `LlavaProcessor`.
+"""Export a LLaVA checkpoint as a transformers `LlavaForConditionalGeneration` + `LlavaProcessor`
+(AnyRes checkpoints: `LlavaNextForConditionalGeneration` + `LlavaNextProcessor`).
 
     python -m llava.export.hf --model-path checkpoints/llava-phi [--model-base B] --out exported/llava-phi-hf
 
@@ -25,10 +26,14 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration,
+    LlavaNextProcessor, LlavaProcessor,
+)
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template
+from llava.mm_utils import anyres_max_tiles, is_anyres, parse_grid_pinpoints
 from llava.model.multimodal_encoder import image_processor_class
 from llava.model.multimodal_encoder.base import SELECT_FEATURES, tower_class
 
@@ -36,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_PROJECTORS = ("linear", "mlp2x_gelu")
 # LLaVA-only config fields that must not leak into the exported text config.
-_LLAVA_FIELDS = ("image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj")
+_LLAVA_FIELDS = ("image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj",
+                 "image_grid_pinpoints")
 # Not carried into the exported configs: the LLaVA class, and where the checkpoint was loaded from.
 _NOT_EXPORTED = ("model_type", "architectures", "auto_map", "_name_or_path", "name_or_path")
 
@@ -65,8 +71,21 @@ def check_exportable(config) -> None:
     if feature not in SELECT_FEATURES:
         raise ExportError(f"mm_vision_select_feature={feature!r} is not one of {', '.join(SELECT_FEATURES)}")
     aspect = getattr(config, "image_aspect_ratio", None) or "square"
-    if aspect not in ("square", "pad"):
-        raise ExportError(f"image_aspect_ratio={aspect!r}: only 'square' and 'pad' have an HF image processor")
+    merge = getattr(config, "mm_patch_merge_type", None) or "flat"
+    if is_anyres(aspect):
+        # transformers' LlavaNext always lays the grid out unpadded with image_newline after each row.
+        if merge != "spatial_unpad":
+            raise ExportError(
+                f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r}: transformers' LlavaNext lays AnyRes "
+                "tiles out only as 'spatial_unpad' (unpadded, image_newline after each row)"
+            )
+        if anyres_max_tiles(aspect) is not None:
+            raise ExportError(
+                f"image_aspect_ratio={aspect!r}: transformers' LlavaNext does not shrink the feature map to a tile "
+                "budget; only 'anyres' exports"
+            )
+    elif aspect not in ("square", "pad"):
+        raise ExportError(f"image_aspect_ratio={aspect!r}: only 'square', 'pad' and 'anyres' have an HF image processor")
     stored = getattr(config, "mm_vision_config", None)
     model_type = (stored.to_dict() if hasattr(stored, "to_dict") else stored or {}).get("model_type")
     refusal = tower_class(model_type).export_refusal if model_type else None
@@ -115,7 +134,9 @@ def convert_state_dict(model, projector_type: str) -> dict[str, torch.Tensor]:
                 out[name] = tensor
             continue
         rest = name[len(inner_prefix) :]
-        if rest.startswith("vision_tower.vision_tower."):
+        if rest == "image_newline":  # LlavaNext's own
+            out["model.image_newline"] = tensor
+        elif rest.startswith("vision_tower.vision_tower."):
             out["model.vision_tower." + rest[len("vision_tower.vision_tower.") :]] = tensor
         elif rest.startswith("mm_projector."):
             continue
@@ -160,6 +181,21 @@ def image_processor_for(image_processor, aspect_ratio: str):
     return image_processor_class("LlavaImageProcessor")(**kept, do_pad=aspect_ratio == "pad")
 
 
+def hf_grid_pinpoints(config, tower) -> list[list[int]]:
+    """Our (width, height) canvases as transformers' LlavaNext lists them: [height, width]."""
+    return [[height, width] for width, height in parse_grid_pinpoints(config.image_grid_pinpoints, tower.image_size)]
+
+
+def next_image_processor_for(image_processor, pinpoints):
+    """LlavaNextImageProcessor tiling as ours: the same canvases, base image squashed to one tile."""
+    settings = image_processor.to_dict()
+    keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+            "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+    kept = {k: settings[k] for k in keep if k in settings}
+    kept.setdefault("do_center_crop", False)
+    return image_processor_class("LlavaNextImageProcessor")(**kept, image_grid_pinpoints=pinpoints, do_pad=True)
+
+
 # -- export --------------------------------------------------------------------------------------
 def export(
     model_path: str,
@@ -188,7 +224,8 @@ def export(
 
     tower = model.get_vision_tower()
     text_config = text_config_for(model.config, backbone)
-    llava_config = LlavaConfig(
+    anyres = is_anyres(getattr(config, "image_aspect_ratio", None))
+    common = dict(
         text_config=text_config,
         vision_config=tower.export_config(),
         image_token_index=image_token_id,
@@ -199,7 +236,13 @@ def export(
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
     )
-    hf_model = LlavaForConditionalGeneration(llava_config)
+    if anyres:
+        pinpoints = hf_grid_pinpoints(config, tower)
+        llava_config = LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
+        hf_model = LlavaNextForConditionalGeneration(llava_config)
+    else:
+        llava_config = LlavaConfig(**common)
+        hf_model = LlavaForConditionalGeneration(llava_config)
     weights = convert_state_dict(model, config.mm_projector_type)
     if "lm_head.bias" in weights:  # saved with the weights for vLLM (see the module doc)
         hf_model.lm_head.bias = torch.nn.Parameter(torch.empty_like(weights["lm_head.bias"]))
@@ -223,8 +266,12 @@ def export(
     hf_model.to(getattr(torch, dtype)).save_pretrained(out_dir)
     _name_vision_weights_as_the_hub_does(out_dir, tower)
 
-    processor = LlavaProcessor(
-        image_processor=image_processor_for(image_processor, getattr(config, "image_aspect_ratio", None) or "square"),
+    processor_class, hf_image_processor = (
+        (LlavaNextProcessor, next_image_processor_for(image_processor, pinpoints)) if anyres
+        else (LlavaProcessor, image_processor_for(image_processor, getattr(config, "image_aspect_ratio", None) or "square"))
+    )
+    processor = processor_class(
+        image_processor=hf_image_processor,
         tokenizer=tokenizer,
         patch_size=tower.config.patch_size,
         vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
@@ -294,7 +341,7 @@ def main(argv=None) -> None:
         export(args.model_path, args.out, args.model_base, args.conv_mode, args.dtype)
     except ExportError as exc:
         raise SystemExit(f"cannot export {args.model_path}: {exc}") from None
-    print(f"wrote LlavaForConditionalGeneration + LlavaProcessor to {args.out}")
+    print(f"wrote the transformers model and processor to {args.out}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from llava.env import load_tokenizer
 from llava.model.layout import FULL, NON_LORA_FILE, PROJECTOR, PROJECTOR_FILE, resolve_checkpoint
-from llava.model.llava_arch import load_projector_weights
+from llava.model.llava_arch import anyres_for, load_projector_weights
 from llava.model.multimodal_encoder import read_tower_config
 from llava.model.quantization import bnb_config
 from llava.model.registry import backbone_for_config
@@ -116,6 +116,10 @@ def load_pretrained_model(
     tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
     if tower is not None:
         image_processor = tower.load_image_processor(layout.processor_source)
+        try:
+            anyres_for(model.config, tower)  # AnyRes settings that do not fit this tower fail at load, not per image
+        except ValueError as e:
+            raise ValueError(f"{model_path}: {e}") from None
 
     config = model.config
     context_len = (

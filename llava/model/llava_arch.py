@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from llava.constants import (
     IGNORE_INDEX,
     IMAGE_TOKEN_INDEX,
 )
+from llava.mm_utils import MERGE_TYPES, AnyRes, is_anyres, unpadded_size
 from llava.model.layout import FULL, CheckpointLayout
 from llava.model.multimodal_encoder import VisionTower, build_vision_tower, load_vision_tower
 from llava.model.multimodal_projector import build_vision_projector
@@ -65,14 +67,93 @@ def load_projector_weights(projector: nn.Module, path: str, weights: dict | None
     projector.load_state_dict(weights)
 
 
+# -- AnyRes: one image's tile features -> the sequence the LLM sees -----------------------------
+def anyres_for(config, tower) -> AnyRes | None:
+    """The config's AnyRes settings for this tower; None when images are single tiles ('pad', 'square')."""
+    if tower is None or not is_anyres(getattr(config, "image_aspect_ratio", None)):
+        return None
+    return AnyRes.from_config(config, tile=tower.image_size, side=tower.num_patches_per_side,
+                              tile_tokens=tower.num_patches)
+
+
+def check_image_settings(config) -> None:
+    """Refuse, naming the field, image settings of LLaVA / LLaVA-NeXT configs this code cannot reproduce.
+
+    Fields that only act on videos in LLaVA-NeXT (mm_newline_position, mm_spatial_pool_*, add_faster_video)
+    or only with an aspect ratio refused here (image_crop_resolution / image_split_resolution: 'crop_split')
+    are accepted and have no effect on images.
+    """
+    aspect = getattr(config, "image_aspect_ratio", None) or "square"
+    merge = getattr(config, "mm_patch_merge_type", None) or "flat"
+    if aspect not in ("square", "pad", "resize", "original") and not is_anyres(aspect):
+        raise ValueError(f"image_aspect_ratio {aspect!r} (LLaVA-NeXT's highres / crop_split tiling) is not supported; "
+                         "supported: square, pad, anyres, anyres_max_N")
+    if merge not in MERGE_TYPES:
+        raise ValueError(f"mm_patch_merge_type {merge!r} is not supported; supported: {', '.join(MERGE_TYPES)}")
+    if merge != "flat" and not is_anyres(aspect):
+        raise ValueError(f"mm_patch_merge_type {merge!r} lays out AnyRes tiles, but image_aspect_ratio is {aspect!r}; "
+                         "use anyres / anyres_max_N, or mm_patch_merge_type 'flat'")
+    resampler = getattr(config, "mm_resampler_type", None)
+    if resampler:
+        raise ValueError(f"mm_resampler_type {resampler!r}: vision resamplers are not supported")
+
+
+def uses_image_newline(config) -> bool:
+    """Whether the model carries the learned `image_newline` (LLaVA-NeXT's spatial_unpad merge)."""
+    return getattr(config, "mm_patch_merge_type", None) == "spatial_unpad"
+
+
+def unpad_features(feature_map: torch.Tensor, image_size) -> torch.Tensor:
+    """(D, rows, cols) grid features without the rows or columns that show only the canvas' padding.
+
+    `image_size`: the image's (width, height); it was centred on the canvas with its aspect kept.
+    """
+    rows, cols = feature_map.shape[1:]
+    kept_rows, kept_cols = unpadded_size((rows, cols), tuple(image_size))
+    top, left = (rows - kept_rows) // 2, (cols - kept_cols) // 2
+    return feature_map[:, top : top + kept_rows, left : left + kept_cols]
+
+
+def pack_image_features(features, image_sizes, anyres: AnyRes, newline: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each image's (1 + tiles, patches, D) projected tile features -> its (positions, D) sequence.
+
+    flat: every tile's patches in turn, the base tile first. spatial: the base tile, then the grid's
+    tiles put back together as one feature map, read row by row. spatial_unpad: the same map without the
+    padding's rows/columns, shrunk to anyres_max_N's budget, with `newline` after each row, so the LLM
+    can tell the map's shape. `anyres.tokens(size)` gives each result's length without running this.
+    """
+    packed = []
+    side = anyres.side
+    for tiles, size in zip(features, image_sizes):
+        size = tuple(int(n) for n in size)
+        if anyres.merge == "flat":
+            packed.append(tiles.flatten(0, 1))
+            continue
+        cols, rows = anyres.grid(size)
+        dim = tiles.shape[-1]
+        # (rows, cols, side, side, D) -> (D, rows * side, cols * side): tile rows interleaved with patch rows.
+        grid = tiles[1:].view(rows, cols, side, side, dim).permute(4, 0, 2, 1, 3).reshape(dim, rows * side, cols * side)
+        if anyres.merge == "spatial_unpad":
+            grid = unpad_features(grid, size)
+            height, width = anyres.map_size(size)
+            if (height, width) != tuple(grid.shape[1:]):  # anyres_max_N: over budget, shrunk
+                grid = nn.functional.interpolate(grid[None], [height, width], mode="bilinear")[0]
+            grid = torch.cat([grid, newline.to(grid.dtype)[:, None, None].expand(dim, height, 1)], dim=2)
+        packed.append(torch.cat([tiles[0], grid.flatten(1).transpose(0, 1)]))
+    return packed
+
+
 class LlavaMetaModel:
     """Mixin for a backbone's inner model: adds `vision_tower` and `mm_projector`."""
 
     def __init__(self, config):
         super().__init__(config)
         if getattr(config, "mm_vision_tower", None):
+            check_image_settings(config)
             self.vision_tower = build_vision_tower(config)
             self.mm_projector = build_vision_projector(config, self.get_input_embeddings().embedding_dim)
+            if uses_image_newline(config):  # filled from the checkpoint's `model.image_newline`
+                self.image_newline = nn.Parameter(torch.zeros(self.get_input_embeddings().embedding_dim))
 
     def get_vision_tower(self) -> VisionTower | None:
         return getattr(self, "vision_tower", None)
@@ -84,10 +165,12 @@ class LlavaMetaModel:
         mm_vision_select_layer: int = -2,
         mm_vision_select_feature: str = "patch",
         pretrain_mm_mlp_adapter: str | None = None,
+        mm_patch_merge_type: str = "flat",
     ) -> None:
         """Attach a pretrained vision tower and a fresh (or stage-1) projector to a plain LLM.
 
         Records every choice in the config so the saved checkpoint rebuilds the same model.
+        `mm_patch_merge_type` 'spatial_unpad' adds the learned `image_newline` (AnyRes; see `pack_image_features`).
         """
         config = self.config
         tower = self.get_vision_tower()
@@ -103,6 +186,11 @@ class LlavaMetaModel:
         config.mm_hidden_size = tower.hidden_size
         config.mm_projector_type = mm_projector_type
         config.use_mm_proj = True
+        config.mm_patch_merge_type = mm_patch_merge_type
+        if uses_image_newline(config) and getattr(self, "image_newline", None) is None:
+            hidden = self.get_input_embeddings().embedding_dim
+            # LLaVA-NeXT's scale: about the size of one embedding coordinate.
+            self.image_newline = nn.Parameter(torch.randn(hidden, dtype=self.get_input_embeddings().weight.dtype) / math.sqrt(hidden))
 
         projector = getattr(self, "mm_projector", None)
         if projector is None:
@@ -154,13 +242,22 @@ class LlavaMetaForCausalLM:
             logger.info("vision tower weights from %s (the weight files hold none)", source)
         if layout.kind == FULL and any(".mm_projector." in key for key in missing):
             logger.warning("%s holds no mm_projector weights: the projector is randomly initialised", loaded_from)
+        newline = getattr(model.get_model(), "image_newline", None)
+        if newline is not None and any(key.endswith("image_newline") for key in missing):
+            # Left as allocated otherwise (garbage); a stage-1 or LoRA checkpoint's own files may fill it next.
+            with torch.no_grad():
+                newline.copy_(torch.randn(newline.shape, generator=torch.Generator().manual_seed(0)) / math.sqrt(newline.numel()))
+            if layout.kind == FULL:
+                logger.warning("%s holds no image_newline (mm_patch_merge_type spatial_unpad): randomly initialised",
+                               loaded_from)
         return (model, info) if want_info else model
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         # transformers' load report would list every tower/projector weight as MISSING ("newly
         # initialized") although from_pretrained above fills them right after; report the rest.
         super()._adjust_missing_and_unexpected_keys(loading_info)
-        vision = {k for k in loading_info.missing_keys if ".vision_tower." in k or ".mm_projector." in k}
+        vision = {k for k in loading_info.missing_keys
+                  if ".vision_tower." in k or ".mm_projector." in k or k.endswith(".image_newline")}
         self._vision_keys_missing = vision
         loading_info.missing_keys = set(loading_info.missing_keys) - vision
 
@@ -204,7 +301,7 @@ class LlavaMetaForCausalLM:
     # -- the merge -------------------------------------------------------------------------
     def prepare_inputs_labels_for_multimodal(
         self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
-        image_features=None,
+        image_features=None, padding_side: str | None = None,
     ):
         """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected patch features.
 
@@ -213,8 +310,9 @@ class LlavaMetaForCausalLM:
 
         Returns `(input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels)`
         as official LLaVA does: `input_ids` is None once embeddings were built. Image positions
-        get IGNORE_INDEX labels. Samples are re-padded on the side their padding came from,
-        and cut to `tokenizer_model_max_length` (never inside an image).
+        get IGNORE_INDEX labels. Samples are re-padded on the side their padding came from
+        (`padding_side` when given: generation continues from the right edge, so it asks for "left" even
+        when the prompts needed no padding but their images differ in length), and cut to `tokenizer_model_max_length` (never inside an image).
 
         Packed rows (`position_ids` restarting at 0 where each sample starts, as --packing
         collates them) come back with per-sample positions counted after image expansion and
@@ -242,21 +340,66 @@ class LlavaMetaForCausalLM:
         # whose features are merged nowhere. Every rank then runs the same modules in the same order
         # and its vision parameters get (zero) gradients in the same order, which ZeRO-3's parameter
         # fetches and ZeRO-2/3's gradient buckets need (a rank skipping them aborts or hangs the job).
+        anyres = anyres_for(self.config, tower)
         projected = None
         if image_features is not None:
-            features = self._images_for_markers(image_features, markers_per_sample) if n_markers else (
-                image_features.new_zeros(1, *self._feature_shape(image_features)))
+            if anyres is not None:
+                features = image_features if n_markers else image_features.new_zeros(1, *self._feature_shape(image_features))
+            else:
+                features = self._images_for_markers(image_features, markers_per_sample) if n_markers else (
+                    image_features.new_zeros(1, *self._feature_shape(image_features)))
             projected = self.project_features(features)
         elif images is not None:
-            projected = self.encode_images(
-                self._images_for_markers(images, markers_per_sample) if n_markers else self._placeholder_image()
-            )
+            if anyres is not None:
+                if isinstance(images, (list, tuple)):
+                    images = torch.cat(list(images))
+                pixels = images if n_markers else self._placeholder_image()
+            else:
+                pixels = self._images_for_markers(images, markers_per_sample) if n_markers else self._placeholder_image()
+            projected = self.encode_images(pixels)
         elif n_markers:
             raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
+
+        counts = None
+        if projected is not None and anyres is not None:
+            projected, counts = self._pack_anyres(projected, image_sizes, n_markers, anyres)
+        elif projected is not None:
+            counts = torch.full((n_markers,), projected.shape[1], dtype=torch.long, device=input_ids.device)
+            projected = projected.flatten(0, 1)
         merged = self._merge(
-            input_ids, is_image, attention_mask, labels, projected, past_key_values, position_ids if packed else None
+            input_ids, is_image, attention_mask, labels, projected, counts, past_key_values, position_ids if packed else None,
+            padding_side,
         )
         return (None, *merged)
+
+    def _pack_anyres(self, projected: torch.Tensor, image_sizes, n_markers: int, anyres: AnyRes):
+        """All tiles' (tiles, patches, D) projected features -> (positions of every image, D) and each image's count."""
+        newline = getattr(self.get_model(), "image_newline", None)
+        if anyres.merge == "spatial_unpad" and newline is None:
+            raise ValueError("mm_patch_merge_type 'spatial_unpad' needs the model's image_newline, which it lacks")
+        if n_markers == 0:  # the placeholder: the newline joins the graph too, so it gets its (zero) gradient
+            flat = projected.flatten(0, 1)
+            if newline is not None:
+                flat = flat + 0 * newline.to(flat.dtype)
+            return flat, torch.zeros(0, dtype=torch.long, device=flat.device)
+        if image_sizes is None:
+            raise ValueError(
+                f"image_aspect_ratio {self.config.image_aspect_ratio!r} lays each image's tiles out by the image's size: "
+                "pass image_sizes, one (width, height) per image"
+            )
+        sizes = [tuple(int(n) for n in size) for size in (image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes)]
+        if len(sizes) != n_markers:
+            raise ValueError(f"the batch has {n_markers} <image> markers but {len(sizes)} image_sizes; pass one per image")
+        tiles = [anyres.num_tiles(size) for size in sizes]
+        if sum(tiles) != projected.shape[0]:
+            raise ValueError(
+                f"the images' sizes {sizes} call for {sum(tiles)} tiles ({tiles} per image) under "
+                f"image_grid_pinpoints {self.config.image_grid_pinpoints!r}, but {projected.shape[0]} were given; "
+                "process the images with this model's config (llava.mm_utils.process_images)"
+            )
+        packed = pack_image_features(projected.split(tiles), sizes, anyres, newline)
+        counts = torch.tensor([len(p) for p in packed], dtype=torch.long, device=projected.device)
+        return torch.cat(packed), counts
 
     def _in_lockstep(self) -> bool:
         """Whether a batch without images must still run the vision modules: in training (every rank,
@@ -288,35 +431,39 @@ class LlavaMetaForCausalLM:
             starts &= attention_mask.bool()
         return bool((starts.sum(dim=1) > 1).any())
 
-    def _merge(self, input_ids, is_image, attention_mask, labels, image_features, past_key_values, packed_positions=None):
-        """`image_features` (markers, patches, hidden) or None; `packed_positions`: the collator's
-        per-sample positions of packed rows, else None."""
+    def _merge(self, input_ids, is_image, attention_mask, labels, image_features, image_counts, past_key_values,
+               packed_positions=None, padding_side=None):
+        """`image_features` (positions of every image, hidden), in marker order, and `image_counts`
+        (markers,): how many of those positions each marker's image fills; both None without images.
+        `packed_positions`: the collator's per-sample positions of packed rows, else None."""
         batch, seq_len = input_ids.shape
         device = input_ids.device
-        n_patches = image_features.shape[1] if image_features is not None else 1
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if (is_image & ~mask).any():
             raise ValueError("an <image> marker sits on a padding position (attention_mask == 0)")
 
         # Where every kept token lands in its sample once padding is dropped and images expanded.
-        width = torch.where(is_image, n_patches, 1) * mask
+        width = torch.ones_like(input_ids)
+        if image_counts is not None:
+            width[is_image] = image_counts.to(device)
+        width = width * mask
         start = width.cumsum(dim=1) - width
         length = width.sum(dim=1)
 
         max_len = getattr(self.config, "tokenizer_model_max_length", None)
         if max_len is not None and bool((length > max_len).any()):
-            cut = is_image & (start < max_len) & (start + n_patches > max_len)
+            cut = is_image & (start < max_len) & (start + width > max_len)
             if cut.any():
-                sample = int(cut.nonzero()[0, 0])
+                sample, column = (int(i) for i in cut.nonzero()[0])
                 raise ValueError(
                     f"sample {sample} is {int(length[sample])} tokens with its images expanded; cutting it to "
-                    f"tokenizer_model_max_length={max_len} would split an image's {n_patches} patch tokens. "
-                    "Raise --model_max_length or shorten the text before the image."
+                    f"tokenizer_model_max_length={max_len} would split an image's {int(width[sample, column])} "
+                    "tokens. Raise --model_max_length or shorten the text before the image."
                 )
             length = length.clamp(max=max_len)
         out_len = int(length.max())
 
-        left_pad = packed_positions is None and self._pads_left(mask)
+        left_pad = packed_positions is None and (padding_side == "left" if padding_side else self._pads_left(mask))
         offset = (out_len - length) if left_pad else torch.zeros_like(length)
         position = start + offset[:, None]
         kept = mask & (start < length[:, None])
@@ -337,14 +484,17 @@ class LlavaMetaForCausalLM:
         if image_features is not None:
             # Markers in row-major order match image_features' order; a marker past the cut is dropped.
             img_rows, img_cols = is_image.nonzero(as_tuple=True)
-            keep_img = kept[img_rows, img_cols]
-            # A placeholder row (a batch without markers) is sliced away here, inside the graph, so its
-            # gradient is zero but still reaches the vision modules exactly as real images' does.
-            image_features = image_features[: len(img_rows)]
-            patch_pos = position[img_rows, img_cols][:, None] + torch.arange(n_patches, device=device)
-            patch_rows = img_rows[:, None].expand_as(patch_pos)
-            embeds[patch_rows[keep_img], patch_pos[keep_img]] = image_features[keep_img].to(embeds.dtype)
-            new_mask[patch_rows[keep_img], patch_pos[keep_img]] = True
+            counts = image_counts.to(device)
+            keep = kept[img_rows, img_cols].repeat_interleave(counts)
+            # A placeholder's features (a batch without markers) are sliced away here, inside the graph, so
+            # their gradient is zero but still reaches the vision modules exactly as real images' does.
+            image_features = image_features[: int(counts.sum())]
+            first = counts.cumsum(0) - counts
+            within = torch.arange(int(counts.sum()), device=device) - first.repeat_interleave(counts)
+            feature_pos = position[img_rows, img_cols].repeat_interleave(counts) + within
+            feature_rows = img_rows.repeat_interleave(counts)
+            embeds[feature_rows[keep], feature_pos[keep]] = image_features[keep].to(embeds.dtype)
+            new_mask[feature_rows[keep], feature_pos[keep]] = True
 
         out_labels = new_labels if labels is not None else None
         if packed_positions is not None:
@@ -478,7 +628,7 @@ class LlavaMetaForCausalLM:
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)  # derived from the merged attention mask by generate()
         _, _, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-            input_ids, None, attention_mask, None, None, images, image_sizes
+            input_ids, None, attention_mask, None, None, images, image_sizes, padding_side="left"
         )
         if inputs_embeds is None:
             inputs_embeds = self.get_model().get_input_embeddings()(input_ids)

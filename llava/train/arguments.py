@@ -29,6 +29,12 @@ class ModelArguments:
     mm_vision_select_layer: int = field(default=-2)
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch or cls_patch"})
     pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={"help": "stage-1 mm_projector.bin"})
+    mm_patch_merge_type: str = field(
+        default="flat",
+        metadata={"help": "AnyRes only: how an image's tiles reach the LLM. flat (every tile's patches in turn), "
+                  "spatial (the base tile, then the grid as one feature map) or spatial_unpad (LLaVA-NeXT's: that map "
+                  "without its padding, a learned image_newline after each row)"},
+    )
     mm_use_im_start_end: bool = field(default=False)
     mm_use_im_patch_token: bool = field(default=False)
     mm_monitors: bool = field(
@@ -50,7 +56,16 @@ class DataArguments:
     data_path: str = field(default=None, metadata={"help": "LLaVA JSON (or JSONL) training records"})
     eval_data_path: str | None = field(default=None, metadata={"help": "records for eval_loss during training"})
     image_folder: str | None = field(default=None, metadata={"help": "root that record 'image' paths are relative to"})
-    image_aspect_ratio: str = field(default="square", metadata={"help": "pad (LLaVA-1.5) or square"})
+    image_aspect_ratio: str = field(
+        default="square",
+        metadata={"help": "pad (LLaVA-1.5), square, anyres or anyres_max_N (LLaVA-NeXT: tiles on the best of "
+                  "--image_grid_pinpoints; anyres_max_N shrinks an image's feature map to about N tiles' worth)"},
+    )
+    image_grid_pinpoints: str | None = field(
+        default=None,
+        metadata={"help": "AnyRes canvases (width, height) in pixels, e.g. '[(336, 672), (672, 336), (672, 672)]', "
+                  "or in tiles of the tower's input, e.g. '(1x1),...,(3x3)'"},
+    )
     lazy_preprocess: bool = field(
         default=True, metadata={"help": "tokenise and load images per step; False tokenises every record upfront"}
     )
@@ -184,8 +199,33 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments) -> None:
         raise FileNotFoundError(f"--pretrain_mm_mlp_adapter {adapter} {where}")
     if data_args.image_folder and not os.path.isdir(data_args.image_folder):
         raise NotADirectoryError(f"--image_folder {data_args.image_folder} is not a folder; check the path")
+    check_image_layout(model_args, data_args)
     if data_args.max_image_pixels < 0:
         raise ValueError(f"--max_image_pixels {data_args.max_image_pixels}: give a pixel count, or 0 for no limit")
+
+
+def check_image_layout(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """AnyRes flags that cannot work together, named before anything loads (the tile size, which the
+    pinpoints are checked against, is known once the tower is)."""
+    from llava.mm_utils import MERGE_TYPES, anyres_max_tiles, is_anyres
+
+    aspect, merge = data_args.image_aspect_ratio, model_args.mm_patch_merge_type
+    if aspect not in ("square", "pad") and not is_anyres(aspect):
+        raise ValueError(f"--image_aspect_ratio {aspect!r}: choose square, pad, anyres or anyres_max_N (e.g. anyres_max_9)")
+    if merge not in MERGE_TYPES:
+        raise ValueError(f"--mm_patch_merge_type {merge!r}: choose one of {', '.join(MERGE_TYPES)}")
+    if not is_anyres(aspect):
+        if merge != "flat":
+            raise ValueError(f"--mm_patch_merge_type {merge} lays out AnyRes tiles; pass --image_aspect_ratio anyres "
+                             "(or anyres_max_N), or leave --mm_patch_merge_type at flat")
+        if data_args.image_grid_pinpoints:
+            raise ValueError("--image_grid_pinpoints is for --image_aspect_ratio anyres / anyres_max_N")
+        return
+    if not data_args.image_grid_pinpoints:
+        raise ValueError(f"--image_aspect_ratio {aspect} needs --image_grid_pinpoints, e.g. '(1x1),...,(3x3)'")
+    if anyres_max_tiles(aspect) is not None and merge != "spatial_unpad":
+        raise ValueError(f"--image_aspect_ratio {aspect} shrinks the unpadded feature map, which only "
+                         "--mm_patch_merge_type spatial_unpad builds")
 
 
 def resolve_train_modules(model_args: ModelArguments, training_args: TrainingArguments) -> frozenset[str]:

@@ -1,7 +1,9 @@
 """Batches: right-padded ids, IGNORE_INDEX-padded labels, one image per <image> marker; optionally packed.
 
 Each image comes as pixels ("images") or, with a vision feature cache, as the tower's cached
-output ("image_features", (n, patches, hidden)).
+output ("image_features", (n, patches, hidden)). With AnyRes an image is several tiles (rows of
+those tensors) and samples also carry each image's (width, height) ("image_sizes", which the model
+lays the tiles out by) and its positions in the LLM ("image_tokens", which packing counts).
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class DataCollatorForSupervisedDataset:
                 positions = torch.cat([torch.arange(len(x["input_ids"])) for x in row])
                 batch["position_ids"][r, : len(positions)] = positions
         ordered = [x for row in rows for x in row]  # row-major, as the markers
+        sizes = [size for x in ordered for size in x.get("image_sizes", ())]
+        if sizes:
+            batch["image_sizes"] = torch.tensor(sizes, dtype=torch.long)
         # Text-only batches still get an empty tensor, so the model runs its vision modules first (on a
         # placeholder) on every rank and ZeRO-2/3 ranks stay in lockstep (LlavaMetaForCausalLM._in_lockstep).
         if self.feature_shape is not None:
@@ -101,8 +106,11 @@ class DataCollatorForSupervisedDataset:
     def _pack(self, instances: list[dict]) -> list[list[dict]]:
         if self.max_length is None:
             raise ValueError("packing needs max_length (--model_max_length), the longest row it may build")
-        sizes = [
-            len(x["input_ids"]) + int((x["input_ids"] == IMAGE_TOKEN_INDEX).sum()) * (self.image_tokens - 1)
-            for x in instances
-        ]
-        return [[instances[i] for i in row] for row in balanced_rows(sizes, self.max_length)]
+        return [[instances[i] for i in row] for row in balanced_rows([self.positions(x) for x in instances], self.max_length)]
+
+    def positions(self, instance: dict) -> int:
+        """Positions the sample fills in the LLM: its tokens, each image marker expanded to its image's tokens."""
+        markers = int((instance["input_ids"] == IMAGE_TOKEN_INDEX).sum())
+        tokens = instance.get("image_tokens")
+        expanded = sum(tokens) if tokens is not None else markers * self.image_tokens
+        return len(instance["input_ids"]) - markers + expanded

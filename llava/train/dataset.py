@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import Dataset
 
-from llava.mm_utils import MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, process_images
+from llava.mm_utils import (
+    MAX_IMAGE_PIXELS, AnyRes, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, image_size_of, load_image,
+    process_images,
+)
 from llava.preprocess import Sample, preprocess, sequence_lengths
 from llava.records import InvalidRecord, UnreadableRecord, image_paths, raise_first_error, read_records, record_problems
 from llava.train.feature_cache import FeatureCache, UnreadableImage
@@ -30,10 +33,30 @@ class DataStats:
 
     total: int = 0
     skipped: dict = field(default_factory=dict)  # reason -> count
-    truncated: int = 0
+    truncated: dict = field(default_factory=dict)  # record index -> record id; a record reloaded each epoch counts once
 
     def skip(self, error: InvalidRecord) -> None:
         self.skipped[error.kind] = self.skipped.get(error.kind, 0) + 1
+
+
+def warn_duplicate_ids(records: list, data_path: str) -> list:
+    """Records sharing an `id` are trained as given (a repeat may be on purpose), but never silently."""
+    seen, repeated = set(), {}
+    for record in records:
+        record_id = record.get("id")
+        if record_id is None:
+            continue
+        key = str(record_id)
+        if key in seen:
+            repeated[key] = repeated.get(key, 1) + 1
+        seen.add(key)
+    if repeated:
+        shown = ", ".join(f"{key!r} x{n}" for key, n in list(repeated.items())[:10])
+        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        logger.warning("%s: %d record id(s) appear more than once (%s%s); each copy is trained on. Remove the "
+                       "repeats if they are not meant to weigh double (python -m llava.data.validate lists them)",
+                       data_path, len(repeated), shown, more)
+    return list(repeated)
 
 
 class LazySupervisedDataset(Dataset):
@@ -55,8 +78,12 @@ class LazySupervisedDataset(Dataset):
         feature_cache: FeatureCache | None = None,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         allow_outside_image_folder: bool = False,
+        anyres: AnyRes | None = None,
     ):
+        """`anyres`: the model's AnyRes settings; each image then fills `anyres.tokens(its size)` positions
+        instead of `image_tokens`, and its pixels are its tiles."""
         self.tokenizer = tokenizer
+        self.anyres = anyres
         self.template = template
         self.image_folder = image_folder or ""
         self.image_processor = image_processor
@@ -120,6 +147,7 @@ class LazySupervisedDataset(Dataset):
             kept.append(record)
         if not kept:
             raise ValueError(f"{data_path}: no valid record left out of {self.stats.total}")
+        warn_duplicate_ids(kept, data_path)
         return kept
 
     # -- lengths for grouped sampling -------------------------------------------------------
@@ -146,7 +174,8 @@ class LazySupervisedDataset(Dataset):
         if self._token_lengths is None:
             logger.info("measuring the token length of %d records for length grouping", len(self.records))
             counts = sequence_lengths(
-                [(record["conversations"], len(image_paths(record))) for record in self.records],
+                [(record["conversations"], len(image_paths(record)), self._record_image_tokens(record))
+                 for record in self.records],
                 self.tokenizer,
                 self.template,
                 mm_use_im_start_end=self.mm_use_im_start_end,
@@ -155,6 +184,20 @@ class LazySupervisedDataset(Dataset):
             )
             self._token_lengths = [n if image_paths(r) else -n for n, r in zip(counts, self.records)]
         return self._token_lengths
+
+    def _record_image_tokens(self, record) -> list[int]:
+        """Each of the record's images' positions; AnyRes sizes come from the feature cache or the file's header."""
+        paths = [os.path.join(self.image_folder, path) for path in image_paths(record)]
+        if self.anyres is None:
+            return [self.image_tokens] * len(paths)
+        counts = []
+        for path in paths:
+            try:
+                size = self.feature_cache.size(path) if self.feature_cache is not None else image_size_of(path)
+            except (OSError, ValueError, KeyError):
+                size = None  # an unreadable image: its record is refused when built; any count will do here
+            counts.append(self.anyres.tokens(size) if size else self.image_tokens)
+        return counts
 
     # -- samples ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -214,9 +257,12 @@ class LazySupervisedDataset(Dataset):
         record_id = record.get("id", f"#{index}")
         paths = image_paths(record)
         if self.feature_cache is not None:
-            images, features = [], self._cached_features(record_id, paths) if paths else None
+            images = []
+            features, sizes = self._cached_features(record_id, paths) if paths else (None, [])
         else:
             images, features = [self._load_image(record_id, path) for path in paths], None
+            sizes = [image.size for image in images]
+        image_tokens = [self.anyres.tokens(size) for size in sizes] if self.anyres is not None else self.image_tokens
         sample: Sample = preprocess(
             record["conversations"],
             self.tokenizer,
@@ -225,20 +271,28 @@ class LazySupervisedDataset(Dataset):
             num_images=len(paths),
             mm_use_im_start_end=self.mm_use_im_start_end,
             max_length=self.max_length,
-            image_tokens=self.image_tokens,
+            image_tokens=image_tokens,
         )
-        if sample.truncated:
-            self.stats.truncated += 1
+        if sample.truncated and index not in self.stats.truncated:
+            self.stats.truncated[index] = record_id
+            logger.warning(
+                "record %r: %d tokens with its images expanded, cut to --model_max_length %d; the answer tokens past "
+                "it are not learned", record_id, sample.length, self.max_length,
+            )
         item = {"input_ids": sample.input_ids, "labels": sample.labels}
         if images:
             item["images"] = process_images(images, self.image_processor, self.model_config)
         if features is not None:
             item["image_features"] = features
+        if self.anyres is not None and paths:
+            # The model lays each image's tiles out by its size; packing counts each image's positions.
+            item["image_sizes"] = sizes
+            item["image_tokens"] = image_tokens
         return item
 
     def _cached_features(self, record_id, paths: list[str]):
         try:
-            return self.feature_cache.lookup([os.path.join(self.image_folder, path) for path in paths])
+            return self.feature_cache.lookup_with_sizes([os.path.join(self.image_folder, path) for path in paths])
         except UnreadableImage as e:
             raise InvalidRecord(record_id, str(e), e.kind) from None
 

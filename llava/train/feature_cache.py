@@ -4,13 +4,17 @@ When the tower is frozen its output for an image never changes during training: 
 it can replace the pixels in every later step, and only the projector (and the LLM) run.
 
 Layout of the cache directory:
-    index.json               the key and its parts, dtype, shape, image path -> row, unreadable images
+    index.json               the key and its parts, dtype, shape, image path -> [first row, rows] and
+                             (width, height), unreadable images
     features-<key>.npy       (rows, patches, hidden) array, read memory-mapped (np.load(mmap_mode="r"))
+
+An image is one row, or with AnyRes (--image_aspect_ratio anyres / anyres_max_N) one row per tile (its
+base tile first, then its grid), so lookups hand the model exactly what the tower would have given.
 
 Features are stored in the tower's dtype (bf16 as its raw uint16 bits, since numpy has no bf16),
 exactly the values the tower hands the projector. The key hashes everything that decides those
 values: tower weights and config, select layer / feature, the image processor's config,
-image_aspect_ratio, dtype and the transformers version. A cache whose key differs, or that lacks
+image_aspect_ratio (and AnyRes grid pinpoints), dtype and the transformers version. A cache whose key differs, or that lacks
 some of the dataset's images, is recomputed (a log line says why). Files are written under a
 temporary name and renamed; index.json is renamed last, so a reader never sees a half-written cache.
 
@@ -35,12 +39,15 @@ import transformers
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from llava.mm_utils import MAX_IMAGE_PIXELS, ImageTooLarge, image_path_in_folder, load_image, process_images
+from llava.mm_utils import (
+    MAX_IMAGE_PIXELS, AnyRes, ImageTooLarge, image_path_in_folder, image_size_of, is_anyres, load_image, process_images,
+    processor_side,
+)
 from llava.records import image_paths, read_records, write_json
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: rows per image (AnyRes tiles) and image sizes
 INDEX = "index.json"
 # numpy has no bfloat16: such features are stored as their raw 16 bits and viewed back on read.
 _NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
@@ -52,14 +59,18 @@ NEEDS_FROZEN_TOWER = (
 
 
 # -- the key -----------------------------------------------------------------------------------
-def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> dict:
+def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+              image_grid_pinpoints=None) -> dict:
     """Everything that decides the cached values (and which images are refused), each part readable so a
     log can name what changed."""
+    anyres = is_anyres(image_aspect_ratio)
     return {
         "format": FORMAT,
         **tower.feature_key(),
         "image_processor": image_processor.to_json_string(),
-        "image_aspect_ratio": image_aspect_ratio or "square",
+        # anyres_max_N only shrinks features after the projector: its tiles are anyres' tiles.
+        "image_aspect_ratio": "anyres" if anyres else image_aspect_ratio or "square",
+        "image_grid_pinpoints": _pinpoints(image_grid_pinpoints, processor_side(image_processor)) if anyres else None,
         "transformers": transformers.__version__,
         "max_image_pixels": max_image_pixels,
         # Caches built before load_image applied EXIF orientation hold sideways phone photos.
@@ -89,7 +100,8 @@ class FeatureCache:
             self.index = json.load(f)
         self.key = self.index["key"]
         self.dtype = _DTYPES[self.index["dtype"]]
-        self.rows: dict[str, int] = self.index["rows"]
+        self.rows: dict[str, list[int]] = self.index["rows"]  # path -> [first row, rows]
+        self.sizes: dict[str, list[int]] = self.index["sizes"]  # path -> [width, height]
         self.unreadable: dict[str, str] = self.index["unreadable"]
         self.too_large: set[str] = set(self.index.get("too_large", ()))
         self._array = None  # opened on first use, in each data-loader worker
@@ -111,7 +123,16 @@ class FeatureCache:
     def covers(self, paths) -> bool:
         return all(_normalise(p) in self.rows or _normalise(p) in self.unreadable for p in paths)
 
+    def size(self, path: str) -> tuple[int, int]:
+        """The image's (width, height) as it was loaded (upright)."""
+        return tuple(self.sizes[_normalise(path)])
+
+    def lookup_with_sizes(self, paths: list[str]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """`lookup(paths)` and each image's (width, height)."""
+        return self.lookup(paths), [self.size(path) for path in paths]
+
     def lookup(self, paths: list[str]) -> torch.Tensor:
+        """(rows of all `paths`, patches, hidden): each image's row, or its tiles' rows, in order."""
         rows = []
         for path in paths:
             key = _normalise(path)
@@ -120,7 +141,8 @@ class FeatureCache:
             if key not in self.rows:
                 raise KeyError(f"image {path} is not in the vision feature cache {self.directory}; "
                                "delete the cache folder to rebuild it")
-            rows.append(self.rows[key])
+            first, count = self.rows[key]
+            rows.extend(range(first, first + count))
         features = torch.from_numpy(np.ascontiguousarray(self.array[rows]))
         return features.view(self.dtype) if self.dtype == torch.bfloat16 else features
 
@@ -133,11 +155,13 @@ def _normalise(path: str) -> str:
 class _PixelDataset(Dataset):
     """One image -> its pixels as the training dataset would make them (None if it cannot be read)."""
 
-    def __init__(self, paths, image_processor, image_aspect_ratio, max_image_pixels=MAX_IMAGE_PIXELS):
+    def __init__(self, paths, image_processor, image_aspect_ratio, max_image_pixels=MAX_IMAGE_PIXELS,
+                 image_grid_pinpoints=None):
         self.paths = paths
         self.max_image_pixels = max_image_pixels
         self.image_processor = image_processor
-        self.config = types.SimpleNamespace(image_aspect_ratio=image_aspect_ratio)  # what process_images reads
+        # What process_images reads.
+        self.config = types.SimpleNamespace(image_aspect_ratio=image_aspect_ratio, image_grid_pinpoints=image_grid_pinpoints)
 
     def __len__(self):
         return len(self.paths)
@@ -149,7 +173,7 @@ class _PixelDataset(Dataset):
             return i, None, (e.hint("--max_image_pixels"), True)
         except (OSError, ValueError) as e:
             return i, None, (f"image {self.paths[i]} cannot be read ({e})", False)
-        return i, process_images([image], self.image_processor, self.config)[0], None
+        return i, (process_images([image], self.image_processor, self.config), image.size), None
 
 
 def _collate(items):
@@ -176,36 +200,64 @@ def _stale_reason(directory: str, parts: dict, paths: list[str]) -> str | None:
     return None
 
 
+def _pinpoints(value, tile: int) -> list | None:
+    from llava.mm_utils import parse_grid_pinpoints
+
+    return [list(pair) for pair in parse_grid_pinpoints(value, tile)] if value is not None else None
+
+
+def _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpoints) -> list[int]:
+    """Rows each image takes: 1, or with AnyRes its tiles (from the file's header; 0 if unreadable)."""
+    if not is_anyres(image_aspect_ratio):
+        return [1] * len(paths)
+    config = types.SimpleNamespace(image_aspect_ratio=image_aspect_ratio, image_grid_pinpoints=image_grid_pinpoints)
+    anyres = AnyRes.from_config(config, tile=processor_side(image_processor))
+    rows = []
+    for path in paths:
+        try:
+            rows.append(anyres.num_tiles(image_size_of(path)))
+        except (OSError, ValueError):
+            rows.append(0)  # reported as unreadable when its pixels are loaded
+    return rows
+
+
 @torch.no_grad()
 def build(directory: str, tower, image_processor, image_aspect_ratio, paths: list[str], parts: dict,
-          batch_size: int = 32, num_workers: int = 0, device=None) -> None:
-    """Run the tower over every image in `paths` and write the cache (atomically) to `directory`."""
+          batch_size: int = 32, num_workers: int = 0, device=None, image_grid_pinpoints=None) -> None:
+    """Run the tower over every image (every tile, with AnyRes) in `paths` and write the cache (atomically) to `directory`."""
     os.makedirs(directory, exist_ok=True)
     key = cache_key(parts)
     features_file = f"features-{key}.npy"
-    shape = (len(paths), tower.num_patches, tower.hidden_size)
+    counts = _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpoints)
+    firsts = np.cumsum([0, *counts[:-1]]).tolist() if counts else []
+    shape = (sum(counts), tower.num_patches, tower.hidden_size)
     storage = _NUMPY_STORAGE[tower.dtype]
     fd, tmp_features = tempfile.mkstemp(dir=directory, prefix=".features-", suffix=".npy.tmp")
     os.close(fd)
-    unreadable, too_large = {}, []
+    unreadable, too_large, sizes = {}, [], {}
     was_training, previous_device = tower.training, tower.device
     tower.eval()
     if device is not None:
         tower.to(device)
     try:
         out = np.lib.format.open_memmap(tmp_features, mode="w+", dtype=storage, shape=shape)
-        pixels = _PixelDataset(paths, image_processor, image_aspect_ratio, parts.get("max_image_pixels", MAX_IMAGE_PIXELS))
+        pixels = _PixelDataset(paths, image_processor, image_aspect_ratio, parts.get("max_image_pixels", MAX_IMAGE_PIXELS),
+                               image_grid_pinpoints)
         loader = DataLoader(pixels, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
         with tqdm(total=len(paths), desc="vision feature cache", unit="img") as progress:
             for items in loader:
-                good = [(i, pixels) for i, pixels, _ in items if pixels is not None]
-                unreadable.update({_normalise(paths[i]): error[0] for i, pixels, error in items if pixels is None})
-                too_large += [_normalise(paths[i]) for i, pixels, error in items if pixels is None and error[1]]
+                good = [(i, loaded) for i, loaded, _ in items if loaded is not None]
+                unreadable.update({_normalise(paths[i]): error[0] for i, loaded, error in items if loaded is None})
+                too_large += [_normalise(paths[i]) for i, loaded, error in items if loaded is None and error[1]]
+                for i, (tiles, size) in good:
+                    if len(tiles) != counts[i]:
+                        raise RuntimeError(f"image {paths[i]} gave {len(tiles)} tiles, its header {counts[i]}")
+                    sizes[_normalise(paths[i])] = list(size)
                 if good:
-                    rows = [i for i, _ in good]
-                    features = tower(torch.stack([p for _, p in good])).to("cpu")
+                    features = tower(torch.cat([tiles for _, (tiles, _) in good])).to("cpu")
                     if tower.dtype == torch.bfloat16:
                         features = features.view(torch.uint16)
+                    rows = [row for i, _ in good for row in range(firsts[i], firsts[i] + counts[i])]
                     out[rows] = features.numpy()
                 progress.update(len(items))
         out.flush()
@@ -222,8 +274,8 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
     index = {
         "format": FORMAT, "key": key, "parts": parts, "features_file": features_file,
         "dtype": str(tower.dtype).removeprefix("torch."), "shape": list(shape),
-        "rows": {_normalise(p): row for row, p in enumerate(paths) if _normalise(p) not in unreadable},
-        "unreadable": unreadable, "too_large": too_large,
+        "rows": {_normalise(p): [firsts[i], counts[i]] for i, p in enumerate(paths) if _normalise(p) not in unreadable},
+        "sizes": sizes, "unreadable": unreadable, "too_large": too_large,
     }
     write_json(os.path.join(directory, INDEX), index, ensure_ascii=True)
     for name in os.listdir(directory):  # earlier generations, now unreferenced
@@ -232,7 +284,7 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
 
 
 def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, build_allowed: bool = True,
-           max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+           max_image_pixels: int | None = MAX_IMAGE_PIXELS, image_grid_pinpoints=None,
            **build_kwargs) -> FeatureCache:
     """The cache in `directory` for these images and settings: reused when valid, else (re)built.
 
@@ -241,7 +293,7 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
     if tower.is_trainable:
         raise ValueError(NEEDS_FROZEN_TOWER)
     paths = sorted({_normalise(p) for p in paths})
-    parts = key_parts(tower, image_processor, image_aspect_ratio, max_image_pixels)
+    parts = key_parts(tower, image_processor, image_aspect_ratio, max_image_pixels, image_grid_pinpoints)
     reason = _stale_reason(directory, parts, paths)
     if reason is None:
         logger.info("vision feature cache %s is up to date (%d images); reusing it", directory, len(paths))
@@ -249,7 +301,8 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
         raise RuntimeError(f"vision feature cache {directory} is not usable after the main process built it: {reason}")
     else:
         logger.info("computing the vision feature cache in %s for %d images: %s", directory, len(paths), reason)
-        build(directory, tower, image_processor, image_aspect_ratio, paths, parts, **build_kwargs)
+        build(directory, tower, image_processor, image_aspect_ratio, paths, parts, image_grid_pinpoints=image_grid_pinpoints,
+              **build_kwargs)
     return FeatureCache(directory)
 
 
@@ -264,7 +317,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="cache folder (pass it to training as --vision_feature_cache)")
     parser.add_argument("--mm_vision_select_layer", type=int, default=-2)
     parser.add_argument("--mm_vision_select_feature", default="patch")
-    parser.add_argument("--image_aspect_ratio", default="square")
+    parser.add_argument("--image_aspect_ratio", default="square", help="square, pad, anyres or anyres_max_N")
+    parser.add_argument("--image_grid_pinpoints", default=None,
+                        help="AnyRes canvases, as training gets them (e.g. '(1x1),...,(3x3)')")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
                         help="the training run's dtype (bfloat16 for --bf16 True); part of the key")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -284,7 +339,7 @@ def main(argv=None) -> None:
              for data in args.data_path for record in read_records(data) if isinstance(record, dict)
              for p in image_paths(record)]
     ensure(args.out, tower, tower.load_image_processor(), args.image_aspect_ratio, paths,
-           max_image_pixels=args.max_image_pixels or None,
+           max_image_pixels=args.max_image_pixels or None, image_grid_pinpoints=args.image_grid_pinpoints,
            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
 
 

@@ -45,7 +45,7 @@ DOC = "docs/training.md, 'Reading the monitors'"
 def param_module(name: str) -> str:
     """'projector', 'vision_tower' or 'llm' for a parameter name (plain, DeepSpeed or peft-wrapped): the
     groups monitored here and the ones --mm_projector_lr / --mm_vision_tower_lr give a rate of their own."""
-    if "mm_projector" in name:
+    if "mm_projector" in name or "image_newline" in name:  # AnyRes' row separator trains with the projector
         return "projector"
     if "vision_tower" in name:
         return "vision_tower"

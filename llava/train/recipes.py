@@ -17,14 +17,14 @@ from transformers.integrations import deepspeed as hf_deepspeed
 
 from llava import env
 from llava.model.builder import ensure_pad_token
-from llava.model.llava_arch import load_projector_weights
+from llava.model.llava_arch import anyres_for, load_projector_weights
 from llava.model.quantization import bnb_config
 from llava.model.registry import backbone_for_checkpoint, backbone_names
 from llava.model.zero3 import full_numel, gathered, outside_zero3
 
 logger = logging.getLogger(__name__)
 
-VISION_PARTS = ("vision_tower", "mm_projector")
+VISION_PARTS = ("vision_tower", "mm_projector", "image_newline")
 
 
 def resolve_backbone(model_args):
@@ -77,6 +77,9 @@ def set_trainable(model, modules: frozenset[str]) -> None:
         param.requires_grad_("llm" in modules and not in_vision and param.is_floating_point())
     if "projector" in modules:
         base.get_model().mm_projector.requires_grad_(True)
+        newline = getattr(base.get_model(), "image_newline", None)
+        if newline is not None:  # AnyRes' row separator learns with the projector (and is saved with it)
+            newline.requires_grad_(True)
     if "vision_tower" in modules:
         base.get_vision_tower().vision_tower.requires_grad_(True)
     if "lm_head" in modules:
@@ -111,6 +114,7 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
             mm_projector_type=model_args.mm_projector_type,
             mm_vision_select_layer=model_args.mm_vision_select_layer,
             mm_vision_select_feature=model_args.mm_vision_select_feature,
+            mm_patch_merge_type=model_args.mm_patch_merge_type,
         )
     tower = model.get_vision_tower()
     tower.to(dtype=dtype, device=training_args.device if bits in (4, 8) else None)
@@ -124,6 +128,14 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
 
     config = model.config
     config.image_aspect_ratio = data_args.image_aspect_ratio
+    config.image_grid_pinpoints = data_args.image_grid_pinpoints
+    try:
+        anyres_for(config, tower)  # pinpoints that do not fit the tower's tiles fail here, before any data
+    except ValueError as e:
+        raise ValueError(f"--image_grid_pinpoints / --mm_patch_merge_type: {e}") from None
+    newline = getattr(model.get_model(), "image_newline", None)
+    if newline is not None:
+        newline.data = newline.data.to(dtype=dtype, device=training_args.device if bits in (4, 8) else newline.device)
     config.tokenizer_model_max_length = training_args.model_max_length
     config.tokenizer_padding_side = tokenizer.padding_side
     added = model.initialize_vision_tokenizer(tokenizer, model_args.mm_use_im_start_end, model_args.mm_use_im_patch_token)

@@ -77,6 +77,9 @@ def describe(model_args, data_args, training_args, modules) -> dict:
         "global_batch_size": (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                               * int(os.environ.get("WORLD_SIZE", "1"))),
     }
+    if data_args.image_grid_pinpoints:  # AnyRes runs only, so records of earlier runs still compare equal
+        inputs["image_grid_pinpoints"] = data_args.image_grid_pinpoints
+        inputs["mm_patch_merge_type"] = model_args.mm_patch_merge_type
     length = {"max_steps": training_args.max_steps, "num_train_epochs": training_args.num_train_epochs}
     return {"inputs": inputs, "length": length, "finished": None}
 

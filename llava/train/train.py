@@ -22,6 +22,7 @@ from llava.train import deepspeed_cpu, feature_cache, final_model, run_record
 from llava.train.dataset import LazySupervisedDataset
 from llava.train.recipes import build_model, check_template, resolve_backbone
 from llava.model.layout import checkpoint_kind
+from llava.model.llava_arch import anyres_for
 from llava.train.checkpoint import TRAINER_STATE, resolve_resume, save_kind
 from llava.train.disk import explain_full_disk
 from llava.train.monitors import TrainingMonitors
@@ -51,6 +52,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
     tower = model.get_vision_tower()  # a peft wrapper forwards this to the LLaVA model
     image_processor = tower.load_image_processor()
     config = model.config
+    anyres = anyres_for(config, tower)  # None unless --image_aspect_ratio anyres / anyres_max_N
     common = dict(
         tokenizer=tokenizer,
         template=template,
@@ -63,6 +65,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
         skip_invalid=data_args.skip_invalid,
         max_image_pixels=data_args.max_image_pixels or None,
         allow_outside_image_folder=data_args.allow_outside_image_folder,
+        anyres=anyres,
         # With a feature cache, samples are built only once the cache is attached.
         lazy=data_args.lazy_preprocess or bool(training_args.vision_feature_cache),
     )
@@ -92,24 +95,34 @@ def open_feature_cache(training_args, tower, image_processor, config, datasets, 
         return feature_cache.ensure(
             training_args.vision_feature_cache, tower, image_processor, config.image_aspect_ratio, paths,
             build_allowed=training_args.local_process_index == 0, max_image_pixels=max_image_pixels or None,
+            image_grid_pinpoints=getattr(config, "image_grid_pinpoints", None),
             num_workers=training_args.dataloader_num_workers, device=training_args.device,
         )
 
 
 def summarize(datasets, training_args, result) -> None:
-    """One end-of-run line per dataset: how many records were skipped and truncated, on all ranks."""
+    """One end-of-run line per dataset: how many records were skipped and truncated, on all ranks.
+
+    Each rank loads its own share of the records (and, over epochs, records other ranks loaded before),
+    so truncated records are merged by index: a record counts once however often it was loaded.
+    """
     for name, dataset in datasets:
         if dataset is None:
             continue
-        counts = torch.tensor([sum(dataset.stats.skipped.values()), dataset.stats.truncated], dtype=torch.long)
+        local = (sum(dataset.stats.skipped.values()), dataset.stats.truncated)
+        shares = [local]
         if dist.is_initialized():
-            counts = counts.to(training_args.device)
-            dist.all_reduce(counts)
+            shares = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, local)
+        skipped = sum(count for count, _ in shares)
+        truncated = {index: record_id for _, share in shares for index, record_id in share.items()}
         if training_args.should_log:
             reasons = ", ".join(f"{n} x {r}" for r, n in dataset.stats.skipped.items()) or "none"
+            named = ", ".join(repr(record_id) for record_id in list(truncated.values())[:5])
+            named = f" ({named}{', ...' if len(truncated) > 5 else ''})" if truncated else ""
             logger.info(
-                "%s data: %d records, %d skipped (%s on rank 0), %d truncated to --model_max_length %d",
-                name, dataset.stats.total, int(counts[0]), reasons, int(counts[1]), training_args.model_max_length,
+                "%s data: %d records, %d skipped (%s on rank 0), %d truncated to --model_max_length %d%s",
+                name, dataset.stats.total, skipped, reasons, len(truncated), training_args.model_max_length, named,
             )
     if training_args.should_log and result is not None:
         logger.info("done: %d steps, train_loss %.4f, checkpoint in %s",

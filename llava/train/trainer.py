@@ -9,8 +9,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llava.model import layout
-from llava.model.builder import load_non_lora_trainables
-from llava.model.llava_arch import load_projector_weights
+from llava.model.builder import load_non_lora_trainables, load_stage1_weights
 from llava.train import checkpoint, disk, final_model
 from llava.train.monitors import param_module
 from llava.train.sampler import ModalityLengthGroupedSampler, TokenLengthGroupedSampler
@@ -145,7 +144,8 @@ class LLaVATrainer(Trainer):
         model = self.model if model is None else model
         kind = layout.checkpoint_kind(resume_from_checkpoint)
         if kind == layout.PROJECTOR:
-            load_projector_weights(model.get_model().mm_projector, os.path.join(resume_from_checkpoint, layout.PROJECTOR_FILE))
+            # The projector, and what stage 1 trained beside it (AnyRes' image_newline, start/end token rows).
+            load_stage1_weights(model, os.path.join(resume_from_checkpoint, layout.PROJECTOR_FILE))
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if kind == layout.LORA:
