@@ -66,9 +66,9 @@ class InferenceEngine:
     def __init__(self, tokenizer, model, image_processor, context_len: int, conv_mode: str | None = None):
         self.tokenizer, self.model, self.image_processor, self.context_len = tokenizer, model, image_processor, context_len
         if conv_mode is None:
-            from llava.model.registry import backbone_for_config
+            from llava.model.registry import trained_conv_template
 
-            conv_mode = backbone_for_config(model.config).conv_template
+            conv_mode = trained_conv_template(model.config)
         # Unknown names fail here, listing the choices; 'chat_template' binds (and checks) the tokenizer's own.
         self._template = get_conv_template(conv_mode, tokenizer)
         self.conv_mode = conv_mode

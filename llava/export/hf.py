@@ -205,7 +205,7 @@ def export(
     dtype: str = "float32",
 ) -> str:
     from llava.model.builder import load_pretrained_model
-    from llava.model.registry import backbone_for_config
+    from llava.model.registry import backbone_for_config, trained_conv_template
 
     config = AutoConfig.from_pretrained(model_path)
     check_exportable(config)  # before the (possibly slow) weight loading
@@ -213,7 +213,7 @@ def export(
     config = model.config
     check_exportable(config)
     backbone = backbone_for_config(config)
-    conv = get_conv_template(conv_mode or backbone.conv_template, tokenizer)
+    conv = get_conv_template(conv_mode or trained_conv_template(config), tokenizer)
 
     # The image token joins the vocabulary; the processor expands it to one token per patch.
     if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -329,7 +329,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--conv-mode", default=None, help="template the chat_template renders (default: the backbone's; "
+    parser.add_argument("--conv-mode", default=None, help="template the chat_template renders (default: the one the checkpoint was trained with, else the backbone's; "
                         "chat_template: the tokenizer's own)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)

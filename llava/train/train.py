@@ -154,6 +154,8 @@ def train(args=None, attn_implementation=None):
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
     model, tokenizer = build_model(model_args, data_args, training_args, modules)
+    if template != "plain":  # stage 1's bare captions are not how the finished model is asked questions
+        model.config.conv_template = template  # inference and the export default to it
     train_dataset, eval_dataset, image_processor, collator = build_data(
         data_args, training_args, tokenizer, model, template
     )
