@@ -386,3 +386,17 @@ def test_two_processes_train_mixed_records_and_answer(zero, tiny_llm, tiny_clip,
     model_vqa(["--model-path", str(out), "--question-file", questions, "--image-folder", mixed_data["folder"],
                "--answers-file", str(answers), "--max_new_tokens", "3", "--batch-size", "4"])
     assert [r["question_id"] for r in read_jsonl(str(answers))] == ["pair", "video", "single", "text"]
+
+
+def test_video_settings_this_code_cannot_reproduce_are_refused_naming_the_field(tiny_llm, tiny_clip):
+    model, _ = tiny_model(tiny_llm, tiny_clip)
+    tower = model.get_vision_tower()
+    for field, value, message in [("mm_newline_position", "grid", "mm_newline_position 'grid'"),
+                                  ("add_faster_video", True, "add_faster_video"),
+                                  ("mm_spatial_pool_mode", "median", "mm_spatial_pool_mode 'median'"),
+                                  ("frames_upbound", -1, "frames_upbound -1")]:
+        saved = getattr(model.config, field, None)
+        setattr(model.config, field, value)
+        with pytest.raises(ValueError, match=message):
+            video_for(model.config, tower)
+        setattr(model.config, field, saved)

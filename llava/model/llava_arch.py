@@ -80,8 +80,8 @@ def anyres_for(config, tower) -> AnyRes | None:
 def check_image_settings(config) -> None:
     """Refuse, naming the field, image settings of LLaVA / LLaVA-NeXT configs this code cannot reproduce.
 
-    The video fields (mm_spatial_pool_stride / mode, frames_upbound, force_sample) act on videos only;
-    mm_newline_position must be 'one_token' and add_faster_video off. Fields that act only with an
+    The video fields (mm_spatial_pool_stride / mode, frames_upbound, force_sample, mm_newline_position,
+    add_faster_video) act on videos only and are checked when a video is shown (`video_for`). Fields that act only with an
     aspect ratio refused here (image_crop_resolution / image_split_resolution: 'crop_split') are
     accepted and have no effect.
     """
@@ -98,18 +98,19 @@ def check_image_settings(config) -> None:
     resampler = getattr(config, "mm_resampler_type", None)
     if resampler:
         raise ValueError(f"mm_resampler_type {resampler!r}: vision resamplers are not supported")
-    newline = getattr(config, "mm_newline_position", None) or "one_token"
-    if newline not in NEWLINE_POSITIONS:
-        raise ValueError(f"mm_newline_position {newline!r} is not supported; supported: {', '.join(NEWLINE_POSITIONS)}")
-    if getattr(config, "add_faster_video", False):
-        raise ValueError("add_faster_video: the second, coarser video stream is not supported; set it to false")
-    VideoSettings.from_config(config)
 
 
 def video_for(config, tower) -> VideoSettings | None:
-    """How this model samples and pools videos; None without a vision tower."""
+    """How this model samples and pools videos; None without a vision tower. Video settings this code cannot
+    reproduce are refused here, naming the field (a checkpoint holding them still answers about images)."""
     if tower is None:
         return None
+    newline = getattr(config, "mm_newline_position", None) or "one_token"
+    if newline not in NEWLINE_POSITIONS:
+        raise ValueError(f"mm_newline_position {newline!r} is not supported for videos; supported: "
+                         f"{', '.join(NEWLINE_POSITIONS)}")
+    if getattr(config, "add_faster_video", False):
+        raise ValueError("add_faster_video: the second, coarser video stream is not supported; set it to false")
     return VideoSettings.from_config(config, side=tower.num_patches_per_side, tile_tokens=tower.num_patches)
 
 
