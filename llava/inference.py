@@ -24,6 +24,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import (
     KeywordsStoppingCriteria, Tiles, load_image, process_images, strip_stop_str, tokenizer_image_token,
+    tokenizer_image_tokens,
 )
 from llava.video import load_frames, process_frames
 
@@ -81,10 +82,11 @@ class InferenceEngine:
     def __init__(self, tokenizer, model, image_processor, context_len: int, conv_mode: str | None = None):
         self.tokenizer, self.model, self.image_processor, self.context_len = tokenizer, model, image_processor, context_len
         if conv_mode is None:
-            from llava.model.registry import backbone_for_config
+            from llava.model.registry import trained_conv_template
 
-            conv_mode = backbone_for_config(model.config).conv_template
-        get_conv_template(conv_mode)  # unknown names fail here, listing the choices
+            conv_mode = trained_conv_template(model.config)
+        # Unknown names fail here, listing the choices; 'chat_template' binds (and checks) the tokenizer's own.
+        self._template = get_conv_template(conv_mode, tokenizer)
         self.conv_mode = conv_mode
 
     @classmethod
@@ -112,7 +114,7 @@ class InferenceEngine:
 
     # -- prompts ---------------------------------------------------------------------------------
     def new_conversation(self) -> Conversation:
-        return get_conv_template(self.conv_mode)
+        return self._template.copy()
 
     def image_prefix(self, conv: Conversation | None = None) -> str:
         """The image marker as the template writes it in training (start/end tokens, <Image> tags), then a newline."""
@@ -168,7 +170,9 @@ class InferenceEngine:
         """
         prompt = conv.get_prompt()
         if input_ids is None:
-            input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+            input_ids = tokenizer_image_token(
+                prompt, self.tokenizer, return_tensors="pt", add_special_tokens=conv.add_special_tokens
+            )
         markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
         if not isinstance(image, (list, tuple)):
             pixels = image if image is None or isinstance(image, (torch.Tensor, Tiles)) else self.process_image(image)
@@ -210,6 +214,11 @@ class InferenceEngine:
                 f"the prompt is {length} tokens with the image expanded, which leaves no room to answer within "
                 f"the model's context of {self.context_len} tokens; shorten the question or start a new conversation"
             )
+
+    def tokenize(self, convs: Sequence[Conversation]) -> list[torch.Tensor]:
+        """The prompts of several conversations tokenised in one call (`prepare(..., input_ids=...)` takes them)."""
+        special = convs[0].add_special_tokens if convs else True
+        return tokenizer_image_tokens([conv.get_prompt() for conv in convs], self.tokenizer, add_special_tokens=special)
 
     def _image_tokens(self, size: tuple[int, int] | None) -> int:
         """Positions the image fills in the LLM (AnyRes: depends on its `size`)."""

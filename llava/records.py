@@ -413,6 +413,8 @@ def conversation_problems(turns, num_images: int) -> list[Problem]:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or not isinstance(turn.get("from"), str):
             return [Problem("malformed_record", f"turn {i} is not a {{'from': str, 'value': str}} object")]
+    if turns[0]["from"] == "system":  # a leading system message (ShareGPT style) replaces the template's system prompt
+        return conversation_problems(turns[1:], num_images)
     problems = []
     for i, turn in enumerate(turns):
         expected = HUMAN_ROLES if i % 2 == 0 else ASSISTANT_ROLES

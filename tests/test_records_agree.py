@@ -40,7 +40,9 @@ RECORDS = {
     "last question unanswered": ([rec([human("Q"), gpt("A"), human("Q2")])], True),
     "duplicate and missing ids": ([rec([human("Q"), gpt("A")]), rec([human("Q"), gpt("A")]),
                                    {"conversations": [human("Q"), gpt("A")]}], True),
-    "system turn first": ([rec([{"from": "system", "value": "Be brief."}, human("Q"), gpt("A")])], False),
+    # a leading system message replaces the template's system prompt
+    "system turn first": ([rec([{"from": "system", "value": "Be brief."}, human("Q"), gpt("A")])], True),
+    "system turn only": ([rec([{"from": "system", "value": "Be brief."}])], False),
     "answer first": ([rec([gpt("A"), human("Q")])], False),
     "unknown role": ([rec([human("Q", "person"), gpt("A")])], False),
     "missing answer": ([rec([human("Q")])], False),

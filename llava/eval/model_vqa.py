@@ -36,7 +36,7 @@ from llava.errors import DataError
 from llava.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
 from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, probe_image,
-    processor_mean_color, tokenizer_image_tokens,
+    processor_mean_color,
 )
 from llava.records import describe, image_paths, question_problems, read_records, video_path
 from llava.video import VideoError, frame_total
@@ -258,7 +258,7 @@ def prepare_batch(
     for index, (q, images) in enumerate(zip(batch, loaded)):
         convs.append(engine.new_conversation())
         engine.add_user_turn(convs[-1], q["text"], has_image=len(images) + (index in videos))
-    token_ids = tokenizer_image_tokens([conv.get_prompt() for conv in convs], engine.tokenizer)
+    token_ids = engine.tokenize(convs)
     prepared = []
     for index, (q, images, conv, ids) in enumerate(zip(batch, loaded, convs, token_ids)):
         shown_here = [next(pixels) for _ in images] + ([videos[index]] if index in videos else [])
@@ -367,7 +367,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
     parser.add_argument("--image-folder", default="")
     parser.add_argument("--question-file", required=True)
-    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
+    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the one the checkpoint was trained with, else the backbone's)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--num_beams", type=int, default=1)

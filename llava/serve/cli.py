@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     parser.add_argument("--image-file", action="append", default=[],
                         help="an image; repeat for several (each goes at its own <image> in the first question)")
     parser.add_argument("--video-file", default=None, help="a video, shown as frames sampled as the model was trained")
-    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
+    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the one the checkpoint was trained with, else the backbone's)")
     parser.add_argument("--temperature", type=float, default=0.2, help="0 = greedy decoding")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--load-4bit", action="store_true")

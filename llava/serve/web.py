@@ -281,7 +281,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
-    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
+    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the one the checkpoint was trained with, else the backbone's)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes the demo to the network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--whisper-model", default=None, help="local Whisper checkpoint directory for spoken questions")

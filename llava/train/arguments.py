@@ -22,7 +22,8 @@ class ModelArguments:
         default=None, metadata={"help": "phi, llama, opt or mpt; default: read from the checkpoint's config"}
     )
     version: str | None = field(
-        default=None, metadata={"help": "conversation template (plain for stage 1); default: the backbone's"}
+        default=None, metadata={"help": "conversation template (plain for stage 1; chat_template: the tokenizer's own "
+                                         "Jinja chat template); default: the backbone's"}
     )
     vision_tower: str = field(default=None, metadata={"help": "vision tower directory or cached name (CLIP, SigLIP, DINOv2, or a fused tower's folder)"})
     mm_projector_type: str = field(default="linear", metadata={"help": "linear, mlp2x_gelu, simple_resblock, identity"})

@@ -45,6 +45,15 @@ def load_tokenizer(model_args, training_args, pad_token: str | None = None):
     return tokenizer
 
 
+def check_template(template: str, model_args, training_args, backbone) -> None:
+    """'chat_template' needs the tokenizer's own chat template, usable for training: checked on the tokenizer
+    alone, before the model loads (a missing or untrainable template names the tokenizer and what to do)."""
+    from llava.conversation import get_conv_template
+
+    if template == "chat_template":
+        get_conv_template(template, load_tokenizer(model_args, training_args, backbone.pad_token))
+
+
 def lora_target_modules(model) -> str:
     """A regex for peft: the LLM's linear layers, never lm_head, the vision tower or the projector."""
     head = model.get_output_embeddings()

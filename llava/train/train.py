@@ -20,7 +20,7 @@ from llava.train.arguments import check_inputs, parse_args, resolve_train_module
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train import deepspeed_cpu, feature_cache, final_model, run_record
 from llava.train.dataset import LazySupervisedDataset
-from llava.train.recipes import build_model, resolve_backbone
+from llava.train.recipes import build_model, check_template, resolve_backbone
 from llava.model.layout import checkpoint_kind
 from llava.model.llava_arch import anyres_for, video_for
 from llava.train.checkpoint import TRAINER_STATE, resolve_resume, save_kind
@@ -141,6 +141,7 @@ def train(args=None, attn_implementation=None):
     modules = resolve_train_modules(model_args, training_args)
     backbone = resolve_backbone(model_args)
     template = model_args.version or backbone.conv_template
+    check_template(template, model_args, training_args, backbone)
     if training_args.packing and backbone.model_class.packing_unsupported:
         reason = backbone.model_class.packing_unsupported
         raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
@@ -156,6 +157,8 @@ def train(args=None, attn_implementation=None):
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
     model, tokenizer = build_model(model_args, data_args, training_args, modules)
+    if template != "plain":  # stage 1's bare captions are not how the finished model is asked questions
+        model.config.conv_template = template  # inference and the export default to it
     train_dataset, eval_dataset, image_processor, collator = build_data(
         data_args, training_args, tokenizer, model, template
     )
