@@ -221,3 +221,24 @@ def launcher_env(tiny_llm, tiny_clip, demo_data, root, **env) -> dict:
         "RUN_NAME": "test", "MAX_STEPS": "2", "SAVE_STEPS": "1", "BATCH_SIZE": "2",
         "NUM_GPUS": "2", "TORCH_EXTENSIONS_DIR": str(root / "torch_extensions"), **env,
     }
+
+
+def shapes_video(path: str, frames: int = 6, size: int = 48, color=(220, 30, 30), fps: int = 4) -> str:
+    """A short MPEG-4 clip of a `color` square moving over a grey field (one position per frame), made with PyAV."""
+    import av
+    import numpy as np
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()  # the header, also for a clip of no frame
+        for i in range(frames):
+            pixels = np.full((size, size, 3), 128, dtype=np.uint8)
+            x = (i * (size // 2)) // max(frames - 1, 1)
+            pixels[size // 4 : size // 4 + size // 2, x : x + size // 2] = color
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
