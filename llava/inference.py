@@ -146,10 +146,15 @@ class InferenceEngine:
             return [Tiles(anyres.tiles(image, self.image_processor), image.size) for image in loaded]
         return process_images(loaded, self.image_processor, self.model.config)
 
-    def process_video(self, path: str) -> Frames:
-        """A video's frames, sampled as the checkpoint was trained (frames_upbound, force_sample in its config)."""
+    def process_video(self, path: str, frame_transform=None) -> Frames:
+        """A video's frames, sampled as the checkpoint was trained (frames_upbound, force_sample in its config).
+
+        `frame_transform`: PIL image -> PIL image, applied to each frame before the processor (the image
+        ablations replace frames as they replace images)."""
         video = self._video()
         frames = load_frames(path, video.frames_upbound, video.force_sample)
+        if frame_transform is not None:
+            frames = [frame_transform(frame) for frame in frames]
         return Frames(process_frames(frames, self.image_processor, self.model.config))
 
     def _video(self):

@@ -400,3 +400,18 @@ def test_video_settings_this_code_cannot_reproduce_are_refused_naming_the_field(
         with pytest.raises(ValueError, match=message):
             video_for(model.config, tower)
         setattr(model.config, field, saved)
+
+
+def test_the_blank_ablation_blanks_video_frames_as_it_blanks_images(tiny_llm, tiny_clip, mixed_data):
+    from llava.eval import model_vqa
+    from llava.inference import InferenceEngine
+
+    model, tokenizer = tiny_model(tiny_llm, tiny_clip)
+    engine = InferenceEngine(tokenizer, model.eval(), model.get_vision_tower().load_image_processor(), 1024, "phi")
+    question = [{"question_id": "v", "video": "clips/red.mp4", "text": "What colour moves?"}]
+    real, = model_vqa.prepare_batch(engine, question, mixed_data["folder"])
+    blank, = model_vqa.prepare_batch(engine, question, mixed_data["folder"], ablation="blank")
+    frames, shown = blank.image, real.image  # (frames, C, H, W)
+    assert blank.video_frames == real.video_frames and real.video_frames[0] == frames.shape[0] > 1
+    assert frames.shape == shown.shape and shown.flatten(1).std(dim=1).max() > 0.1  # the real frames have content
+    assert frames.abs().max() < 0.02  # every blank frame is the processor's mean colour, normalised to ~0

@@ -235,8 +235,8 @@ def prepare_batch(
     """Prompts and pixels for a batch of questions: the batch's images go through the image processor in one
     call, its prompts through the tokenizer in one call.
 
-    `ablation` 'blank' replaces each image by `blank_image`; 'shuffle' loads `shown[image]` instead
-    (`shuffled_images`)."""
+    `ablation` 'blank' replaces each image (and each video frame) by `blank_image`; 'shuffle' loads
+    `shown[image]` instead (`shuffled_images`)."""
     loaded, videos = [], {}  # each question's images (PIL); question index -> its video's frames
     for index, q in enumerate(batch):
         names = image_paths(q)
@@ -245,7 +245,8 @@ def prepare_batch(
         try:
             images = [load_image(os.path.join(image_folder, name), max_pixels=max_pixels) for name in names]
             if video_path(q):
-                videos[index] = engine.process_video(os.path.join(image_folder, video_path(q)))
+                blank = (lambda frame: blank_image(frame, engine.image_processor)) if ablation == "blank" else None
+                videos[index] = engine.process_video(os.path.join(image_folder, video_path(q)), blank)
         except (OSError, ValueError) as exc:
             reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else str(exc)
             raise BadImage(q["question_id"], reason) from exc
