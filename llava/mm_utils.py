@@ -117,6 +117,19 @@ def probe_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
     _open_checked(source, max_pixels, decode=False).close()
 
 
+def _load_whole(image: Image.Image) -> None:
+    """Decode every pixel, refusing a truncated file even where another library (lmms-eval's task module
+    does) has set Pillow's process-wide LOAD_TRUNCATED_IMAGES, which would fill the missing rows with grey."""
+    from PIL import ImageFile
+
+    accepted = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = accepted
+
+
 def _open_checked(source, max_pixels: int | None, decode: bool) -> Image.Image:
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(f"image file not found: {source}")
@@ -127,7 +140,7 @@ def _open_checked(source, max_pixels: int | None, decode: bool) -> Image.Image:
             image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         _check_size(image, source, max_pixels)
         if decode:
-            image.load()
+            _load_whole(image)
     except Image.DecompressionBombError as exc:
         # Pillow refuses some sizes in open() itself (over twice its own limit), whatever ours is.
         raise ImageTooLarge(f"image {_describe(source)} is too large to decode safely ({exc})") from None

@@ -117,13 +117,14 @@ def test_default_attention_is_the_backbones_declared_one(backbone, tiny_llm, tin
         backbone=None, model_name_or_path=tiny_llm(backbone), attn_implementation=None, vision_tower=tiny_clip,
         mm_projector_type="linear", mm_vision_select_layer=-2, mm_vision_select_feature="patch",
         pretrain_mm_mlp_adapter=None, mm_use_im_start_end=False, mm_use_im_patch_token=False,
-        mm_patch_merge_type="flat",
+        mm_patch_merge_type="flat", mm_spatial_pool_stride=2, mm_spatial_pool_mode="bilinear",
     )  # fmt: skip
     training_args = SimpleNamespace(
         bf16=False, fp16=False, bits=16, label_logits_only=False, model_max_length=64, device="cpu",
         gradient_checkpointing=False, deepspeed=None,
     )  # fmt: skip
-    model, tokenizer = build_model(model_args, SimpleNamespace(image_aspect_ratio="pad", image_grid_pinpoints=None),
+    model, tokenizer = build_model(model_args, SimpleNamespace(image_aspect_ratio="pad", image_grid_pinpoints=None,
+                                                              frames_upbound=32, force_sample=False),
                                    training_args,
                                    frozenset({"projector"}))
     assert model.config._attn_implementation == (spec.attn_implementation or "sdpa")
