@@ -590,3 +590,15 @@ class JsonLinesWriter:
 
     def __exit__(self, exc_type, exc, tb):
         return self._atomic.__exit__(exc_type, exc, tb)
+
+
+def repeated_ids(ids) -> tuple[int, str] | None:
+    """(how many ids occur more than once, "'a' x3, 'b' x2[ and N more]"), or None when none repeats; None ids
+    are left out. Training and model_vqa warn with it: a repeat may be meant, but it is never silent."""
+    from collections import Counter
+
+    repeated = [(key, n) for key, n in Counter(i for i in ids if i is not None).items() if n > 1]
+    if not repeated:
+        return None
+    shown = ", ".join(f"{key!r} x{n}" for key, n in repeated[:10])
+    return len(repeated), shown + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")

@@ -38,7 +38,7 @@ from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, probe_image,
     processor_mean_color,
 )
-from llava.records import describe, image_paths, question_problems, read_records, video_path
+from llava.records import describe, image_paths, question_problems, read_records, repeated_ids, video_path
 from llava.video import VideoError, frame_total
 
 logger = logging.getLogger(__name__)
@@ -114,15 +114,10 @@ def check_answers_file(path: str, ablation: str, model_path: str) -> None:
 
 def warn_duplicate_question_ids(questions: list[dict], path: str) -> None:
     """Repeated question ids are answered as given, but said: the answers file cannot tell their answers apart."""
-    counts: dict = {}
-    for q in questions:
-        counts[q["question_id"]] = counts.get(q["question_id"], 0) + 1
-    repeated = {qid: n for qid, n in counts.items() if n > 1}
-    if repeated:
-        shown = ", ".join(f"{qid!r} x{n}" for qid, n in list(repeated.items())[:10])
-        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
-        logger.warning("%s: %d question id(s) appear more than once (%s%s); each copy is answered, and scorers "
-                       "keyed by question_id will see only one answer per id", path, len(repeated), shown, more)
+    repeats = repeated_ids(q["question_id"] for q in questions)
+    if repeats:
+        logger.warning("%s: %d question id(s) appear more than once (%s); each copy is answered, and scorers "
+                       "keyed by question_id will see only one answer per id", path, *repeats)
 
 
 def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:

@@ -19,7 +19,8 @@ from llava.mm_utils import (
 )
 from llava.preprocess import Sample, preprocess, sequence_lengths
 from llava.records import (
-    InvalidRecord, UnreadableRecord, image_paths, num_visuals, raise_first_error, read_records, record_problems, video_path,
+    InvalidRecord, UnreadableRecord, image_paths, num_visuals, raise_first_error, read_records, record_problems,
+    repeated_ids, video_path,
 )
 from llava.train.feature_cache import FeatureCache, UnreadableImage
 from llava.video import VideoError, VideoSettings, frame_total, load_frames, process_frames
@@ -43,24 +44,13 @@ class DataStats:
         self.skipped[error.kind] = self.skipped.get(error.kind, 0) + 1
 
 
-def warn_duplicate_ids(records: list, data_path: str) -> list:
+def warn_duplicate_ids(records: list, data_path: str) -> None:
     """Records sharing an `id` are trained as given (a repeat may be on purpose), but never silently."""
-    seen, repeated = set(), {}
-    for record in records:
-        record_id = record.get("id")
-        if record_id is None:
-            continue
-        key = str(record_id)
-        if key in seen:
-            repeated[key] = repeated.get(key, 1) + 1
-        seen.add(key)
-    if repeated:
-        shown = ", ".join(f"{key!r} x{n}" for key, n in list(repeated.items())[:10])
-        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
-        logger.warning("%s: %d record id(s) appear more than once (%s%s); each copy is trained on. Remove the "
+    repeats = repeated_ids(record.get("id") for record in records)
+    if repeats:
+        logger.warning("%s: %d record id(s) appear more than once (%s); each copy is trained on. Remove the "
                        "repeats if they are not meant to weigh double (python -m llava.data.validate lists them)",
-                       data_path, len(repeated), shown, more)
-    return list(repeated)
+                       data_path, *repeats)
 
 
 class LazySupervisedDataset(Dataset):
