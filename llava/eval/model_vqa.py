@@ -277,10 +277,10 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
     chunk = get_chunk(every, args.num_chunks, args.chunk_idx)
     questions = resolve_images(chunk, args.image_folder, args.skip_missing_images, args.allow_outside_image_folder)
     skipped_missing = len(chunk) - len(questions)
-    if getattr(args, "overwrite_answers", False) and os.path.exists(args.answers_file):
-        os.remove(args.answers_file)
-    check_answers_file(args.answers_file, ablation, args.model_path)
-    done = answered_ids(args.answers_file)
+    overwrite = getattr(args, "overwrite_answers", False)
+    if not overwrite:
+        check_answers_file(args.answers_file, ablation, args.model_path)
+    done = set() if overwrite else answered_ids(args.answers_file)
     todo = [q for q in questions if q["question_id"] not in done]
     max_pixels = args.max_image_pixels or None
     bad = unreadable_images(todo if ablation != "shuffle" else [{**q, "image": shown.get(q.get("image"))}
@@ -306,6 +306,8 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
                            "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": metadata}) + "\n"
 
     os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
+    if overwrite and os.path.exists(args.answers_file):
+        os.remove(args.answers_file)  # only once every check passed and the model loaded: a failed start keeps it
     _truncate_partial_line(args.answers_file)
     failed = 0
     start = time.perf_counter()
