@@ -141,12 +141,21 @@ def test_bad_ablation_inputs_are_one_line_errors(checkpoint, questions, demo_dat
                              "--out-dir", str(tmp_path / "out")])
 
 
-def test_a_single_distinct_video_stops_model_vqa_before_the_model_loads(tmp_path):
+def test_a_single_distinct_video_stops_both_tools_before_the_model_loads(tmp_path):
     one_video = write_questions(str(tmp_path / "one-video.jsonl"), MIXED[:4])
     with pytest.raises(SystemExit, match=r"--image-ablation shuffle needs questions with at least 2 distinct videos"
                                          r".*has 1 \(add questions showing other videos"):
         model_vqa.main(["--model-path", "unused", "--question-file", one_video, "--answers-file",
                         str(tmp_path / "a.jsonl"), "--image-ablation", "shuffle"])
+    with pytest.raises(SystemExit, match="one-video.jsonl: the shuffled-image condition needs questions with at "
+                                         "least 2 distinct videos"):
+        image_ablation.main(["--model-path", "unused", "--question-file", one_video, "--annotation-file", "a.json",
+                             "--out-dir", str(tmp_path / "out")])
+    # Multi-image and video questions that can be shuffled pass the check (the missing annotations stop it next).
+    mixed = write_questions(str(tmp_path / "mixed.jsonl"), MIXED)
+    with pytest.raises(SystemExit, match="missing.json"):
+        image_ablation.main(["--model-path", "unused", "--question-file", mixed, "--annotation-file",
+                             str(tmp_path / "missing.json"), "--out-dir", str(tmp_path / "out")])
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220)}
