@@ -12,7 +12,8 @@
 # Environment variables (all optional):
 #   DEMO_DIR        where everything goes           (default: checkpoints/demo)
 #   DEMO_QUICK=1    tiny sizes and a few steps: checks the plumbing in about a minute (accuracy is meaningless)
-#   BACKBONE        phi | llama | opt | mpt         (default: phi)
+#   BACKBONE        any registered backbone: phi, llama, opt, mpt, qwen2, qwen3, llama3, gemma2, gemma3,
+#                   phi3, smollm2 (default: phi)
 #   LLM_HIDDEN LLM_LAYERS                           tiny LLM width / depth
 #   CLIP_IMAGE_SIZE CLIP_PATCH_SIZE CLIP_HIDDEN CLIP_LAYERS   tiny CLIP tower
 #   SELECT_LAYER    --mm_vision_select_layer
