@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --suite cpu [--only train_step,model_vqa_batch] [--repeats 3] [--json PATH]
     python -m benchmarks.run --suite gpu
-    python -m benchmarks.run --suite learning     # digits, MNIST-5k and shapes trained from scratch (~24 min on 2 CPU cores)
+    python -m benchmarks.run --suite learning     # digits, MNIST-5k, shapes (~24 min on 2 CPU cores), then small objects pad vs AnyRes (~30 min)
 
 Each benchmark is a module `benchmarks/<name>.py` with `run(suite, repeats) -> rows` (row format:
 benchmarks/common.py). Modules are imported only when their turn comes, so a benchmark whose
@@ -25,7 +25,7 @@ SUITES = {
     "cpu": ("train_step", "model_vqa_batch", "scaling", "length_mix", "feature_cache", "anyres"),
     "gpu": ("gpu",),
     # Full training runs through the launchers (minutes each): accuracy on public data, not speed.
-    "learning": ("digits",),
+    "learning": ("digits", "small_objects"),
 }
 
 

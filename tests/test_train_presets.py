@@ -31,6 +31,8 @@ print("RESOLVED " + json.dumps({{
     "scheduler": str(training_args.lr_scheduler_type.value),
     "warmup_steps": training_args.warmup_steps,
     "scheduler_kwargs": training_args.lr_scheduler_kwargs,
+    "data_path": data_args.data_path,
+    "version": model_args.version,
 }}))
 ' "$@"
 """
@@ -45,14 +47,14 @@ def run_preset(tmp_path, tiny_llm, tiny_clip, demo_data):
     fake.write_text(FAKE_DEEPSPEED)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
 
-    def run(**env):
+    def run(script="finetune.sh", **env):
         full_env = {
             **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PRESET": "scratch",
             "MODEL_PATH": tiny_llm("phi"), "VISION_TOWER": tiny_clip,
             "DATA_DIR": os.path.dirname(demo_data["finetune"]), "IMAGE_FOLDER": demo_data["image_folder"],
             "OUTPUT_DIR": str(tmp_path / "out"), **env,
         }
-        proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "finetune.sh")], env=full_env, cwd=REPO,
+        proc = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=full_env, cwd=REPO,
                               capture_output=True, text=True, timeout=120)
         resolved = [json.loads(line[len("RESOLVED "):]) for line in proc.stdout.splitlines() if line.startswith("RESOLVED ")]
         assert len(resolved) <= 1
@@ -67,6 +69,7 @@ def test_scratch_is_a_frozen_tower_and_a_rate_that_holds_then_decays_over_the_se
     assert recipe == {
         "train_modules": ["llm", "projector"], "max_steps": 2000, "learning_rate": 2e-3, "batch_size": 32,
         "scheduler": "warmup_stable_decay", "warmup_steps": 100, "scheduler_kwargs": {"num_decay_steps": 1000},
+        "data_path": os.path.join(os.path.dirname(recipe["data_path"]), "finetune.json"), "version": recipe["version"],
     }
 
 
@@ -103,3 +106,13 @@ def test_scratch_refuses_a_schedule_it_cannot_make(run_preset, env, message):
     proc, recipe = run_preset(**env)
     assert proc.returncode == 2 and recipe is None
     assert message in proc.stderr
+
+
+def test_scratch_caption_stage_trains_the_llm_too(run_preset):
+    """The stage 1 that small objects need (docs/training.md, "Why small objects were not learnt"): captions,
+    plain template, and the LLM learning with the projector (pretrain.sh alone would train the projector only)."""
+    proc, recipe = run_preset("pretrain.sh", MAX_STEPS="1000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert recipe["train_modules"] == ["llm", "projector"]
+    assert os.path.basename(recipe["data_path"]) == "pretrain.json" and recipe["version"] == "plain"
+    assert (recipe["max_steps"], recipe["learning_rate"], recipe["scheduler_kwargs"]) == (1000, 2e-3, {"num_decay_steps": 500})
