@@ -47,7 +47,11 @@
 #                   chance); batch 32, 2,000 steps, one process, ZeRO-2, no gradient checkpointing; the
 #                   default tiny checkpoints become a 4-layer LLM and a 192-wide CLIP with 16 patches of
 #                   8 px (checkpoints/tiny-*-scratch).
-#                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data);
+#                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data) when the
+#                   objects are large; for small objects in a larger image, train on the captions first
+#                   (PRESET=scratch bash scripts/pretrain.sh trains the LLM with the projector) and start
+#                   stage 2 from that whole checkpoint (MODEL_PATH=<its OUTPUT_DIR>): at the same total
+#                   steps, questions alone left shape at chance.
 #                   reasoning and measurements: docs/training.md, "Training small models from scratch".
 #   DECAY_STEPS     PRESET=scratch only: the last steps, over which the rate decays (default: half of MAX_STEPS)
 
