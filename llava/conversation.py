@@ -1,18 +1,23 @@
 """Conversation templates: how a dialogue is rendered into one prompt string.
 
-Each template knows its roles, separators and stop string, and can report which
-character spans of the rendered prompt the assistant must generate (each answer, the space
-before it and its end separator). Training derives its label mask from those spans, so one
-preprocess function serves every template and tokenizer. Every conv_mode official LLaVA
-accepts is here and renders what official renders (tests/test_official_parity.py).
+Each template knows its roles, separators and stop string. Its rendering is defined once, as a Jinja
+chat template with `{% generation %}` around what the assistant writes (`Conversation.chat_template()`):
+training takes the prompt and its target spans from it, inference the prompt, and the HF export writes
+it as the processor's chat template. Training derives its label mask from those spans, so one
+preprocess function serves every template and tokenizer. Every conv_mode official LLaVA accepts is
+here and renders what official renders (tests/test_official_parity.py). 'chat_template' renders with
+the tokenizer's own chat template instead (llava/chat_template.py finds its answer spans).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
+import json
+import weakref
 from enum import Enum, auto
 
+from llava import chat_template as tpl
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 
 
@@ -25,6 +30,8 @@ class SeparatorStyle(Enum):
     # Role headers + end-of-turn token, as chat-tuned LLMs of today write them: ChatML (Qwen, SmolLM2),
     # Llama-3, Gemma, Phi-3. "{system_role}{system}{sep}{sep2}" then "{role}{message}{sep}{sep2}" per turn.
     CHAT = auto()
+    # The tokenizer's own Jinja chat template (--version chat_template); sep is its end-of-turn token.
+    TOKENIZER = auto()
 
 
 @dataclasses.dataclass
@@ -39,87 +46,67 @@ class Conversation:
     offset: int = 0  # the first `offset` messages are the template's own example exchange (v0)
     mmtag: bool = False  # images appear as "<Image><image></Image>" (official's *_mmtag templates)
     system_role: str = ""  # CHAT: the system turn's header (a system message then replaces only its text)
+    jinja: str | None = None  # TOKENIZER: the tokenizer's chat template (its dates pinned)
+    variables: dict = dataclasses.field(default_factory=dict)  # TOKENIZER: bos_token, eos_token, ... as HF passes them
+    # False: the rendered text is the whole sequence, the tokenizer adds no BOS of its own (the template writes it)
+    add_special_tokens: bool = True
 
     # -- rendering ---------------------------------------------------------------------
     def get_prompt(self) -> str:
-        return self.render()[0]
+        return self.render(spans=False)[0]
 
     def get_prompt_and_targets(self) -> tuple[str, list[tuple[int, int]]]:
         """The prompt plus the [start, end) character spans that training learns to predict."""
         return self.render()
 
-    def render(self) -> tuple[str, list[tuple[int, int]]]:
-        """The prompt, rendered as official LLaVA's get_prompt() renders it, and the target spans.
+    def render(self, spans: bool = True) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt, rendered by this template's Jinja (`chat_template()`), and the target spans.
 
         A target is what the model must generate after an inference prompt, which ends at the
         assistant tag ("ASSISTANT:", "[/INST]", "<|im_start|>assistant\n"): the space between the
         tag and the answer, the answer, and its end separator. A tokenizer may make that space a
         token of its own (SentencePiece before digits or CJK, GPT-2 BPE before a space or newline),
-        and the model must learn to emit it. An empty or None message is an open turn.
+        and the model must learn to emit it. An empty or None message is an open turn; a trailing
+        open assistant turn is the generation prompt.
         """
-        parts: list[tuple[str, bool]] = []  # (text, is_target)
-        messages = [(role, _text_of(msg)) for role, msg in self.messages]
-        style = self.sep_style
+        source = self.chat_template()
+        messages, open_turn = self.chat_messages()
+        if self.sep_style != SeparatorStyle.TOKENIZER:  # ours mark their targets with {% generation %}
+            return tpl.render_trusted(source, messages, open_turn)
+        targets: list[tuple[int, int]] = []
+        if spans and any(m["role"] == "assistant" for m in messages):
+            full, targets = tpl.assistant_spans(source, messages, self.sep, self.variables)
+            if not open_turn:
+                return full, targets
+        return tpl.render(source, messages, open_turn, self.variables)[0], targets
 
-        if style == SeparatorStyle.PLAIN:
-            # Official LLaVA stage 1: the human turn is reduced to the image; the caption is learned.
-            for i, (_, msg) in enumerate(messages):
-                if not msg:
-                    continue
-                if i % 2 == 0:
-                    parts.append((DEFAULT_IMAGE_TOKEN if DEFAULT_IMAGE_TOKEN in msg else msg, False))
-                else:
-                    parts.append((msg + self.sep, True))
-        elif style in (SeparatorStyle.SINGLE, SeparatorStyle.TWO):
-            end = self.sep if style == SeparatorStyle.SINGLE else self.sep2
-            parts.append((self.system + self.sep, False))
-            for i, (role, msg) in enumerate(messages):
-                if not msg:
-                    parts.append((role + ":", False))
-                elif i % 2 == 0:
-                    parts.append((role + ": " + msg + self.sep, False))
-                else:
-                    parts.append((role + ":", False))
-                    parts.append((" " + msg + end, i >= self.offset))
-        elif style == SeparatorStyle.LLAMA_2:
-            for i, (role, msg) in enumerate(messages):
-                if not msg:
-                    continue
-                if i % 2 == 0:
-                    if i == 0 and self.system:
-                        msg = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{msg}"
-                    parts.append(((self.sep if i else "") + f"[INST] {msg} [/INST]", False))
-                else:
-                    parts.append((" " + msg + " " + self.sep2, True))
-        elif style == SeparatorStyle.MPT:
-            parts.append((self.system + self.sep, False))
-            for i, (role, msg) in enumerate(messages):
-                if not msg:
-                    parts.append((role, False))
-                elif i % 2 == 0:
-                    parts.append((role + msg + self.sep, False))
-                else:
-                    parts.append((role, False))
-                    parts.append((msg + self.sep, True))
-        elif style == SeparatorStyle.CHAT:
-            if self.system:
-                parts.append((self.system_role + self.system + self.sep + self.sep2, False))
-            for i, (role, msg) in enumerate(messages):
-                if not msg:
-                    parts.append((role, False))
-                elif i % 2 == 0:
-                    parts.append((role + msg + self.sep + self.sep2, False))
-                else:  # the end-of-turn token is learned (generation stops on it), the text after it is not
-                    parts += [(role, False), (msg + self.sep, True), (self.sep2, False)]
-        else:  # pragma: no cover - enum is closed
-            raise ValueError(f"unknown separator style {style}")
+    def chat_messages(self) -> tuple[list[dict], bool]:
+        """The turns after the template's own example exchange as chat messages ({"role", "content"}),
+        and whether the last one is an open assistant turn (left out: the generation prompt stands for it)."""
+        turns = [_text_of(message) for _, message in self.messages[self.offset :]]
+        open_turn = len(turns) % 2 == 0 and bool(turns) and not turns[-1]
+        if open_turn:
+            turns = turns[:-1]
+        messages = [{"role": "system", "content": self.system}] if self.jinja is not None and self.system else []
+        messages += [{"role": ("user", "assistant")[i % 2], "content": text or ""} for i, text in enumerate(turns)]
+        return messages, open_turn
 
-        prompt, spans = "", []
-        for text, is_target in parts:
-            if is_target:
-                spans.append((len(prompt), len(prompt) + len(text)))
-            prompt += text
-        return prompt, spans
+    def chat_template(self) -> str:
+        """The Jinja this template renders with: the one definition training, inference and the export share."""
+        if self.sep_style == SeparatorStyle.TOKENIZER:
+            if self.jinja is None:
+                raise tpl.ChatTemplateError(
+                    "the 'chat_template' conversation template renders with a tokenizer's own chat template: "
+                    "get it with get_conv_template('chat_template', tokenizer)"
+                )
+            return self.jinja
+        examples = tuple((role, _text_of(text)) for role, text in self.messages[: self.offset])
+        return _jinja(self.sep_style, self.system, tuple(self.roles), self.sep, self.sep2, self.system_role, examples)
+
+    def processor_chat_template(self) -> str:
+        """`chat_template()` for a processor (the HF export): messages whose content is a list of
+        {"type": "image"} / {"type": "text"} items render as LLaVA writes images into the text."""
+        return IMAGE_CONTENT + self.chat_template()
 
     def image_text(self, mm_use_im_start_end: bool = False) -> str:
         """How one image is written in a user message, in training and at inference alike."""
@@ -133,7 +120,8 @@ class Conversation:
         self.messages.append([role, message])
 
     def copy(self) -> "Conversation":
-        return copy.deepcopy(self)
+        # The turns are copied (callers append and edit them); everything else is strings and tuples.
+        return dataclasses.replace(self, messages=[list(m) for m in self.messages], variables=dict(self.variables))
 
     @property
     def stop_str(self) -> str:
@@ -148,6 +136,127 @@ def _text_of(message):
     if isinstance(message, tuple):
         return message[0]
     return message
+
+
+# -- each template's Jinja ---------------------------------------------------------------------
+# Images in a message's content list become "<image>\n" before its text, as LLaVA places them, so a
+# processor's messages ([{"type": "image"}, {"type": "text", ...}]) render what training showed.
+IMAGE_CONTENT = (
+    "{%- set llava = namespace(messages=[]) %}{%- for m in messages %}{%- if m.content is string or m.content is none %}"
+    "{%- set llava.messages = llava.messages + [m] %}{%- else %}{%- set flat = namespace(text='') %}"
+    "{%- for item in m.content if item.type == 'image' %}{%- set flat.text = flat.text + '" + DEFAULT_IMAGE_TOKEN
+    + "\n' %}{%- endfor %}{%- for item in m.content if item.type == 'text' %}{%- set flat.text = flat.text + item.text %}"
+    "{%- endfor %}{%- set llava.messages = llava.messages + [{'role': m.role, 'content': flat.text}] %}{%- endif %}"
+    "{%- endfor %}{%- set messages = llava.messages %}"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _jinja(style, system, roles, sep, sep2, system_role, examples) -> str:
+    """The Jinja chat template of a template with these fields: its one definition of rendering.
+
+    `{% generation %}` marks what the assistant writes (training's targets). A leading system message
+    replaces the template's system prompt; an empty message is an open turn (just its role header).
+    """
+    q = lambda s: json.dumps(s, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
+    user, assistant = roles
+    role = "{% set role = " + q(user) + " if m.role == 'user' else " + q(assistant) + " %}"
+    head = (
+        "{% if messages and messages[0].role == 'system' %}{% set system = messages[0].content %}"
+        "{% set turns = messages[1:] %}{% else %}{% set system = " + q(system) + " %}{% set turns = messages %}{% endif %}"
+    )
+    if style in (SeparatorStyle.SINGLE, SeparatorStyle.TWO):
+        end = sep if style == SeparatorStyle.SINGLE else sep2
+        shown = "".join(f"{r}: {t}{sep}" for r, t in examples)  # v0's example exchange, never a target
+        body = (
+            "{{ system + " + q(sep + shown) + " }}{% for m in turns %}" + role + "{% if not m.content %}{{ role + ':' }}"
+            "{% elif m.role == 'user' %}{{ role + ': ' + m.content + " + q(sep) + " }}"
+            "{% else %}{{ role + ':' }}{% generation %}{{ ' ' + m.content + " + q(end) + " }}{% endgeneration %}"
+            "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant + ":") + " }}{% endif %}"
+        )
+    elif style == SeparatorStyle.LLAMA_2:
+        body = (
+            "{% for m in turns if m.content %}{% if m.role == 'user' %}{% set text = m.content %}"
+            "{% if loop.first and system %}{% set text = '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + text %}{% endif %}"
+            "{{ ('' if loop.first else " + q(sep) + ") + '[INST] ' + text + ' [/INST]' }}"
+            "{% else %}{% generation %}{{ ' ' + m.content + ' ' + " + q(sep2) + " }}{% endgeneration %}{% endif %}"
+            "{% endfor %}"
+        )
+    elif style == SeparatorStyle.MPT:
+        body = (
+            "{{ system + " + q(sep) + " }}{% for m in turns %}" + role + "{% if not m.content %}{{ role }}"
+            "{% elif m.role == 'user' %}{{ role + m.content + " + q(sep) + " }}"
+            "{% else %}{{ role }}{% generation %}{{ m.content + " + q(sep) + " }}{% endgeneration %}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
+        )
+    elif style == SeparatorStyle.CHAT:  # the end-of-turn token is learned (generation stops on it), the text after it is not
+        body = (
+            "{% if system %}{{ " + q(system_role) + " + system + " + q(sep + sep2) + " }}{% endif %}"
+            "{% for m in turns %}" + role + "{% if not m.content %}{{ role }}"
+            "{% elif m.role == 'user' %}{{ role + m.content + " + q(sep + sep2) + " }}"
+            "{% else %}{{ role }}{% generation %}{{ m.content + " + q(sep) + " }}{% endgeneration %}{{ " + q(sep2) + " }}"
+            "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
+        )
+    elif style == SeparatorStyle.PLAIN:  # official stage 1: the human turn is reduced to the image; the caption is learned
+        body = (
+            "{% for m in turns if m.content %}{% if m.role == 'user' %}"
+            "{{ '" + DEFAULT_IMAGE_TOKEN + "' if '" + DEFAULT_IMAGE_TOKEN + "' in m.content else m.content }}"
+            "{% else %}{% generation %}{{ m.content + " + q(sep) + " }}{% endgeneration %}{% endif %}{% endfor %}"
+        )
+    else:  # pragma: no cover - TOKENIZER templates bring their own Jinja
+        raise ValueError(f"no Jinja for separator style {style}")
+    return head + body
+
+
+# -- the tokenizer's own template (--version chat_template) --------------------------------------
+_BOUND: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (its chat_template, Conversation)
+
+
+def tokenizer_conversation(tokenizer) -> Conversation:
+    """The 'chat_template' template bound to `tokenizer`'s own Jinja chat template, checked once per tokenizer.
+
+    Its end-of-turn token (the stop string) is read off the template, and a two-round probe conversation
+    must give trustworthy answer spans, so a template that cannot be trained on fails here, at startup.
+    """
+    where = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):  # several named templates: the default one is the chat template
+        source = source.get("default")
+    if not source:
+        shipped = ", ".join(sorted(conv_templates))
+        raise tpl.ChatTemplateError(
+            f"the tokenizer at {where} has no chat_template, so the 'chat_template' conversation template has "
+            f"nothing to render. Choose a template we ship with --version / --conv-mode ({shipped}), or give the "
+            "tokenizer a chat template (chat_template.jinja or tokenizer_config.json's chat_template)"
+        )
+    try:
+        cached = _BOUND.get(tokenizer)
+    except TypeError:  # an unhashable tokenizer object: bound (and checked) anew each time
+        cached = None
+    if cached is not None and cached[0] == source:
+        return cached[1].copy()
+    try:
+        pinned = tpl.pin_date(source)
+        variables = dict(tokenizer.special_tokens_map)  # what apply_chat_template passes the template
+        control = [t for t in tokenizer.get_added_vocab() if t != DEFAULT_IMAGE_TOKEN]
+        conv = dataclasses.replace(
+            conv_chat_template, sep=tpl.end_of_turn(pinned, control, variables), jinja=pinned, variables=variables,
+        )
+        probe = conv.copy()
+        for text in ("What colour is the sky?", "Blue.", "And the grass?", "Green."):
+            probe.append_message(probe.roles[len(probe.messages) % 2], text)
+        prompt = probe.render()[0]
+    except tpl.ChatTemplateError as exc:
+        raise tpl.ChatTemplateError(f"the chat template of the tokenizer at {where}: {exc}") from None
+    # As transformers' processors tokenise a rendered chat: a template that writes BOS gets no second one,
+    # another gets the tokenizer's own (where it adds one), as our templates of that family do.
+    bos = getattr(tokenizer, "bos_token", None)
+    conv.add_special_tokens = not (bos and prompt.startswith(bos))
+    try:
+        _BOUND[tokenizer] = (source, conv)
+    except TypeError:
+        pass
+    return conv.copy()
 
 
 # The template strings are official LLaVA's (llava/conversation.py at c121f04), character for
@@ -262,6 +371,10 @@ conv_gemma_instruct = Conversation(
     system="", roles=("<start_of_turn>user\n", "<start_of_turn>model\n"), messages=[], sep_style=SeparatorStyle.CHAT,
     sep="<end_of_turn>", sep2="\n", version="gemma",
 )  # fmt: skip
+conv_chat_template = Conversation(
+    system="", roles=("user", "assistant"), messages=[], sep_style=SeparatorStyle.TOKENIZER, sep="",
+    version="chat_template", add_special_tokens=False,
+)  # fmt: skip
 conv_phi3 = Conversation(
     system="", system_role="<|system|>\n", roles=("<|user|>\n", "<|assistant|>\n"), messages=[],
     sep_style=SeparatorStyle.CHAT, sep="<|end|>", sep2="\n", version="phi3",
@@ -296,15 +409,25 @@ conv_templates: dict[str, Conversation] = {
     "phi3": conv_phi3,
     "smollm2": conv_smollm2,
 }
+# The tokenizer's own chat template: not in conv_templates (it renders nothing without a tokenizer);
+# get_conv_template(TOKENIZER_TEMPLATE, tokenizer) binds it.
+TOKENIZER_TEMPLATE = "chat_template"
 
 default_conversation = conv_vicuna_v1
 
 
-def get_conv_template(name: str) -> Conversation:
-    """A fresh copy of the named template; unknown names list the valid choices."""
+def get_conv_template(name: str, tokenizer=None) -> Conversation:
+    """A fresh copy of the named template; unknown names list the valid choices.
+
+    'chat_template' renders with `tokenizer`'s own chat template; without a tokenizer it is a placeholder
+    that can be named and copied but not rendered.
+    """
+    if name == TOKENIZER_TEMPLATE:
+        return tokenizer_conversation(tokenizer) if tokenizer is not None else conv_chat_template.copy()
     try:
         return conv_templates[name].copy()
     except KeyError:
         raise ValueError(
-            f"unknown conversation template {name!r}; choose one of: {', '.join(sorted(conv_templates))}"
+            f"unknown conversation template {name!r}; choose one of: {', '.join(sorted(conv_templates))}, "
+            f"or {TOKENIZER_TEMPLATE} (the tokenizer's own chat template)"
         ) from None

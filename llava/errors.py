@@ -20,7 +20,7 @@ at a check we are missing.
 Under torchrun / deepspeed every rank runs the entry point. An error raised while every rank does
 the same work (argument, path and data checks) is printed by rank 0 alone; once an entry point calls `ranks_may_differ()` (training, when its steps start) an
 error only some ranks may meet (a bad record loaded mid-training) is printed by each rank that
-meets it, prefixed with its rank. Every rank exits non-zero. The rank that failed leaves its line in the
+meets it, prefixed with its rank. Every rank exits non-zero. The rank that failed leaves its number in the
 process group's store; a peer whose next collective then breaks (the connection to the failed rank
 closes) prints one line naming that rank instead of the communication library's traceback.
 """

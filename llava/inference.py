@@ -4,6 +4,10 @@
     conv = engine.new_conversation()
     engine.add_user_turn(conv, "What colour is the shape?", has_image=True)
     answer = engine.generate([engine.prepare(conv, image)])[0]
+
+Several images: `add_user_turn(conv, "Is <image> like <image>?", has_image=2)` and
+`prepare(conv, [image_a, image_b])` (each image at its marker, or all before the text when it has
+none); a video: `prepare(conv, [engine.process_video(path)])` with one marker.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Iterator, Sequence
 import torch
 from transformers import TextIteratorStreamer
 
-from llava.constants import IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import (
     KeywordsStoppingCriteria, Tiles, load_image, process_images, strip_stop_str, tokenizer_image_token,
+    tokenizer_image_tokens,
 )
+from llava.video import load_frames, process_frames
 
 
 def get_model_name_from_path(model_path: str) -> str:
@@ -39,6 +45,17 @@ class Prepared:
     image: torch.Tensor | None  # (C, H, W), AnyRes tiles (tiles, C, H, W), or None for a text-only request
     prompt: str
     image_size: tuple[int, int] | None = None  # (width, height) of an AnyRes image, which its tiles' layout needs
+    # Several images or a video: `image` holds every marker's rows (N, C, H, W) in order, and these say
+    # each marker's (width, height) under AnyRes and its frame count (0: an image) when one is a video.
+    image_sizes: list | None = None
+    video_frames: list | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Frames:
+    """A video's sampled frames as pixels, (frames, C, H, W): one marker's worth."""
+
+    pixels: torch.Tensor
 
 
 @dataclasses.dataclass
@@ -65,10 +82,11 @@ class InferenceEngine:
     def __init__(self, tokenizer, model, image_processor, context_len: int, conv_mode: str | None = None):
         self.tokenizer, self.model, self.image_processor, self.context_len = tokenizer, model, image_processor, context_len
         if conv_mode is None:
-            from llava.model.registry import backbone_for_config
+            from llava.model.registry import trained_conv_template
 
-            conv_mode = backbone_for_config(model.config).conv_template
-        get_conv_template(conv_mode)  # unknown names fail here, listing the choices
+            conv_mode = trained_conv_template(model.config)
+        # Unknown names fail here, listing the choices; 'chat_template' binds (and checks) the tokenizer's own.
+        self._template = get_conv_template(conv_mode, tokenizer)
         self.conv_mode = conv_mode
 
     @classmethod
@@ -96,16 +114,23 @@ class InferenceEngine:
 
     # -- prompts ---------------------------------------------------------------------------------
     def new_conversation(self) -> Conversation:
-        return get_conv_template(self.conv_mode)
+        return self._template.copy()
 
     def image_prefix(self, conv: Conversation | None = None) -> str:
         """The image marker as the template writes it in training (start/end tokens, <Image> tags), then a newline."""
         conv = conv or self.new_conversation()
         return conv.image_text(getattr(self.model.config, "mm_use_im_start_end", False)) + "\n"
 
-    def add_user_turn(self, conv: Conversation, text: str, has_image: bool) -> None:
-        """Append a user message (with the image marker, as official LLaVA does) and an open assistant turn."""
-        conv.append_message(conv.roles[0], (self.image_prefix(conv) + text) if has_image else text)
+    def add_user_turn(self, conv: Conversation, text: str, has_image: bool | int) -> None:
+        """Append a user message and an open assistant turn. `has_image`: whether (or how many images, a video
+        counting as one) go with it: each at its own <image> marker when `text` has one per image, else all
+        before the text (as official LLaVA puts its one image)."""
+        count = int(has_image)
+        if count and text.count(DEFAULT_IMAGE_TOKEN) == count:
+            text = text.replace(DEFAULT_IMAGE_TOKEN, self.image_prefix(conv)[:-1])
+        elif count:
+            text = self.image_prefix(conv) * count + text
+        conv.append_message(conv.roles[0], text)
         conv.append_message(conv.roles[1], None)
 
     def process_image(self, image) -> torch.Tensor | Tiles:
@@ -121,31 +146,84 @@ class InferenceEngine:
             return [Tiles(anyres.tiles(image, self.image_processor), image.size) for image in loaded]
         return process_images(loaded, self.image_processor, self.model.config)
 
+    def process_video(self, path: str, frame_transform=None) -> Frames:
+        """A video's frames, sampled as the checkpoint was trained (frames_upbound, force_sample in its config).
+
+        `frame_transform`: PIL image -> PIL image, applied to each frame before the processor (the image
+        ablations replace frames as they replace images)."""
+        video = self._video()
+        frames = load_frames(path, video.frames_upbound, video.force_sample)
+        if frame_transform is not None:
+            frames = [frame_transform(frame) for frame in frames]
+        return Frames(process_frames(frames, self.image_processor, self.model.config))
+
+    def _video(self):
+        from llava.model.llava_arch import video_for
+
+        return video_for(self.model.config, self.model.get_vision_tower())
+
     def _anyres(self):
         from llava.model.llava_arch import anyres_for
 
         return anyres_for(self.model.config, self.model.get_vision_tower())
 
     def prepare(self, conv: Conversation, image=None, input_ids: torch.Tensor | None = None) -> Prepared:
-        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output.
+        """Tokenise the conversation's prompt; `image` is a path, bytes, PIL image or `process_image` output, or a
+        list of them (and `process_video` outputs), one per <image> marker in order.
 
         `input_ids`: the prompt already tokenised (`tokenizer_image_tokens` does a batch in one call).
         """
         prompt = conv.get_prompt()
         if input_ids is None:
-            input_ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
-        pixels = image if image is None or isinstance(image, (torch.Tensor, Tiles)) else self.process_image(image)
-        size = pixels.size if isinstance(pixels, Tiles) else None
-        length = len(input_ids) + int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (self._image_tokens(size) - 1)
+            input_ids = tokenizer_image_token(
+                prompt, self.tokenizer, return_tensors="pt", add_special_tokens=conv.add_special_tokens
+            )
+        markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        if not isinstance(image, (list, tuple)):
+            pixels = image if image is None or isinstance(image, (torch.Tensor, Tiles)) else self.process_image(image)
+            size = pixels.size if isinstance(pixels, Tiles) else None
+            self._check_room(len(input_ids) + markers * (self._image_tokens(size) - 1))
+            if isinstance(pixels, Tiles):
+                return Prepared(input_ids, pixels.pixels, prompt, pixels.size)
+            return Prepared(input_ids, pixels, prompt)
+        if markers != len(image):
+            raise ValueError(f"the prompt has {markers} <image> markers but {len(image)} image(s)/video were given; "
+                             "give one per marker")
+        if len(image) == 1 and not isinstance(image[0], Frames):
+            return self.prepare(conv, image[0], input_ids)
+        rows, sizes, frames, length = [], [], [], len(input_ids) - markers
+        for visual in image:
+            if not isinstance(visual, (torch.Tensor, Tiles, Frames)):
+                visual = self.process_image(visual)
+            if isinstance(visual, Frames):
+                rows.append(visual.pixels)
+                sizes.append((0, 0))  # a video's frames are never tiled
+                frames.append(len(visual.pixels))
+                length += self._video().tokens(len(visual.pixels))
+                continue
+            size = visual.size if isinstance(visual, Tiles) else None
+            pixels = visual.pixels if isinstance(visual, Tiles) else visual
+            rows.append(pixels if pixels.ndim == 4 else pixels[None])
+            sizes.append(size)
+            frames.append(0)
+            length += self._image_tokens(size)
+        self._check_room(length)
+        return Prepared(input_ids, torch.cat(rows) if rows else None, prompt,
+                        image_sizes=sizes if self._anyres() is not None else None,
+                        video_frames=frames if any(frames) else None)
+
+    def _check_room(self, length: int) -> None:
         if length >= self.context_len:
             # The model would otherwise cut the prompt; an answer to half a question is worse than none.
             raise ValueError(
                 f"the prompt is {length} tokens with the image expanded, which leaves no room to answer within "
                 f"the model's context of {self.context_len} tokens; shorten the question or start a new conversation"
             )
-        if isinstance(pixels, Tiles):
-            return Prepared(input_ids, pixels.pixels, prompt, pixels.size)
-        return Prepared(input_ids, pixels, prompt)
+
+    def tokenize(self, convs: Sequence[Conversation]) -> list[torch.Tensor]:
+        """The prompts of several conversations tokenised in one call (`prepare(..., input_ids=...)` takes them)."""
+        special = convs[0].add_special_tokens if convs else True
+        return tokenizer_image_tokens([conv.get_prompt() for conv in convs], self.tokenizer, add_special_tokens=special)
 
     def _image_tokens(self, size: tuple[int, int] | None) -> int:
         """Positions the image fills in the LLM (AnyRes: depends on its `size`)."""
@@ -165,16 +243,19 @@ class InferenceEngine:
         for row, item in enumerate(items):
             input_ids[row, width - len(item.input_ids) :] = item.input_ids
             attention_mask[row, width - len(item.input_ids) :] = 1
-        images = [item.image for item in items if item.image is not None]
+        with_images = [item for item in items if item.image is not None]
         pixels, extra = None, {}
-        if images:
+        if with_images:
             tower = self.model.get_vision_tower()
-            sizes = [item.image_size for item in items if item.image is not None]
-            if sizes[0] is not None:  # AnyRes: every image's tiles in turn, and the sizes that lay them out
-                pixels = torch.cat(images)
+            # Every marker's rows in turn: an image's pixels (or AnyRes tiles), a video's frames.
+            pixels = torch.cat([item.image[None] if item.image.ndim == 3 else item.image for item in with_images])
+            if self._anyres() is not None:  # the sizes that lay each image's tiles out
+                sizes = [size for item in with_images for size in (item.image_sizes or [item.image_size])]
                 extra["image_sizes"] = torch.tensor(sizes, dtype=torch.long, device=self.device)
-            else:
-                pixels = torch.stack(images)
+            if any(item.video_frames for item in with_images):
+                frames = [n for item in with_images
+                          for n in (item.video_frames or [0] * int((item.input_ids == IMAGE_TOKEN_INDEX).sum()))]
+                extra["video_frames"] = torch.tensor(frames, dtype=torch.long, device=self.device)
             pixels = pixels.to(device=self.device, dtype=tower.dtype)
         return dict(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), images=pixels,
                     **extra)

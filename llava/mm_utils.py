@@ -117,6 +117,19 @@ def probe_image(source, max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
     _open_checked(source, max_pixels, decode=False).close()
 
 
+def _load_whole(image: Image.Image) -> None:
+    """Decode every pixel, refusing a truncated file even where another library (lmms-eval's task module
+    does) has set Pillow's process-wide LOAD_TRUNCATED_IMAGES, which would fill the missing rows with grey."""
+    from PIL import ImageFile
+
+    accepted = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = accepted
+
+
 def _open_checked(source, max_pixels: int | None, decode: bool) -> Image.Image:
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(f"image file not found: {source}")
@@ -127,7 +140,7 @@ def _open_checked(source, max_pixels: int | None, decode: bool) -> Image.Image:
             image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         _check_size(image, source, max_pixels)
         if decode:
-            image.load()
+            _load_whole(image)
     except Image.DecompressionBombError as exc:
         # Pillow refuses some sizes in open() itself (over twice its own limit), whatever ours is.
         raise ImageTooLarge(f"image {_describe(source)} is too large to decode safely ({exc})") from None
@@ -407,13 +420,15 @@ def tokenizer_image_token(
     image_token_index: int = IMAGE_TOKEN_INDEX,
     return_tensors: str | None = None,
     return_offsets: bool = False,
+    add_special_tokens: bool = True,
 ):
     """Tokenise `prompt`, replacing each "<image>" by `image_token_index`.
 
     Chunks between images are tokenised separately, exactly as the model sees them at
     inference. With `return_offsets=True` also returns each token's (start, end)
     character span in `prompt` ((-1, -1) for the BOS and image tokens), which training
-    uses to find the answer tokens.
+    uses to find the answer tokens. `add_special_tokens=False`: no BOS of the tokenizer's
+    own (a prompt from the tokenizer's chat template writes its BOS itself).
     """
     chunks = prompt.split(DEFAULT_IMAGE_TOKEN)
     ids: list[int] = []
@@ -429,7 +444,7 @@ def tokenizer_image_token(
         if return_offsets:
             offsets.extend((cursor + s, cursor + e) for s, e in enc["offset_mapping"])
         cursor += len(chunk)
-    if _adds_bos(tokenizer):
+    if add_special_tokens and _adds_bos(tokenizer):
         ids.insert(0, tokenizer.bos_token_id)
         offsets.insert(0, (-1, -1))
     if return_tensors == "pt":
@@ -439,7 +454,8 @@ def tokenizer_image_token(
     return (ids, offsets) if return_offsets else ids
 
 
-def tokenizer_image_tokens(prompts: Sequence[str], tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX) -> list:
+def tokenizer_image_tokens(prompts: Sequence[str], tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX,
+                           add_special_tokens: bool = True) -> list:
     """`tokenizer_image_token(prompt, tokenizer, return_tensors="pt")` for several prompts, in one tokenizer call.
 
     The same ids (each chunk between images is still tokenised on its own); a batch pays the
@@ -448,7 +464,7 @@ def tokenizer_image_tokens(prompts: Sequence[str], tokenizer, image_token_index:
     chunked = [prompt.split(DEFAULT_IMAGE_TOKEN) for prompt in prompts]
     flat = [chunk for chunks in chunked for chunk in chunks]
     encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
-    bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    bos = [tokenizer.bos_token_id] if add_special_tokens and _adds_bos(tokenizer) else []
     result = []
     for chunks in chunked:
         ids = list(bos)

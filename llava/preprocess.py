@@ -2,7 +2,8 @@
 
 The template renders the conversation and reports the character spans of what the
 assistant must learn (each answer, the space between the assistant tag and it, and its end
-separator). A token is trained iff its character span overlaps one of those spans, so the
+separator); for 'chat_template' the tokenizer's own chat template renders it and
+llava/chat_template.py finds the spans. A token is trained iff its character span overlaps one of those spans, so the
 mask is right for any tokenizer (BPE or SentencePiece, BOS or not, pad == eos or not) without
 per-template token arithmetic. tests/test_official_parity.py checks it against official
 LLaVA's preprocess_* outputs.
@@ -16,6 +17,7 @@ from typing import Sequence
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.chat_template import ChatTemplateError, TemplateRefused
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token, tokenizer_image_tokens
 from llava.records import InvalidRecord, conversation_problems, raise_first_error
@@ -48,14 +50,27 @@ def place_image_markers(conversations, num_images: int, image_text: str = DEFAUL
     return turns
 
 
-def render(conversations, template: str, num_images: int, mm_use_im_start_end: bool) -> tuple[str, list]:
-    """The prompt the template renders (image markers placed) and the answer character spans."""
-    conv = get_conv_template(template)
-    conv.messages = []  # a template's own example exchange (v0) is for inference only, as official trains
-    turns = place_image_markers(conversations, num_images, conv.image_text(mm_use_im_start_end))
+def conversation(conversations, template: str, num_images: int, mm_use_im_start_end: bool, tokenizer=None):
+    """The record's turns (image markers placed) in the named template, ready to render.
+
+    A leading {"from": "system"} turn replaces the template's system prompt. `tokenizer` is needed
+    for 'chat_template' (its own chat template renders the prompt).
+    """
+    conv = get_conv_template(template, tokenizer)
+    # A template's own example exchange (v0) is for inference only, as official trains.
+    conv.messages, conv.offset = [], 0
+    turns = list(conversations)
+    if turns and turns[0].get("from") == "system":
+        conv.system, turns = turns[0]["value"], turns[1:]
+    turns = place_image_markers(turns, num_images, conv.image_text(mm_use_im_start_end))
     for i, turn in enumerate(turns):
         conv.append_message(conv.roles[i % 2], turn["value"])
-    return conv.get_prompt_and_targets()
+    return conv
+
+
+def render(conversations, template: str, num_images: int, mm_use_im_start_end: bool, tokenizer=None) -> tuple[str, list]:
+    """The prompt the template renders (image markers placed) and the answer character spans."""
+    return conversation(conversations, template, num_images, mm_use_im_start_end, tokenizer).get_prompt_and_targets()
 
 
 def image_token_counts(image_tokens: int | Sequence[int], num_markers: int) -> list[int]:
@@ -87,8 +102,10 @@ def sequence_lengths(
     lengths = []
     for begin in range(0, len(records), chunk):
         part = records[begin : begin + chunk]
-        prompts = [render(r[0], template, r[1], mm_use_im_start_end)[0] for r in part]
-        for record, ids in zip(part, tokenizer_image_tokens(prompts, tokenizer)):
+        convs = [conversation(r[0], template, r[1], mm_use_im_start_end, tokenizer) for r in part]
+        prompts = [conv.get_prompt() for conv in convs]
+        special = convs[0].add_special_tokens if convs else True
+        for record, ids in zip(part, tokenizer_image_tokens(prompts, tokenizer, add_special_tokens=special)):
             # Each marker is one position that becomes its image's tokens (a record's third item, when
             # given, lists them per image: AnyRes images differ).
             counts = image_token_counts(record[2] if len(record) > 2 else image_tokens, int((ids == IMAGE_TOKEN_INDEX).sum()))
@@ -115,8 +132,14 @@ def preprocess(
     inside an image: such a record is refused.
     """
     raise_first_error(record_id, conversation_problems(conversations, num_images))
-    prompt, spans = render(conversations, template, num_images, mm_use_im_start_end)
-    ids, offsets = tokenizer_image_token(prompt, tokenizer, return_offsets=True)
+    conv = conversation(conversations, template, num_images, mm_use_im_start_end, tokenizer)
+    try:
+        prompt, spans = conv.get_prompt_and_targets()
+    except TemplateRefused as exc:  # e.g. Gemma's template on a system message: this record, not the template
+        raise InvalidRecord(record_id, str(exc), "template refused") from None
+    except ChatTemplateError as exc:
+        raise ChatTemplateError(f"record {record_id!r}: {exc}") from None
+    ids, offsets = tokenizer_image_token(prompt, tokenizer, return_offsets=True, add_special_tokens=conv.add_special_tokens)
 
     labels = [IGNORE_INDEX] * len(ids)
     span_iter = iter(spans)

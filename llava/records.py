@@ -358,6 +358,29 @@ def image_paths(record) -> list:
     return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
+def video_path(record) -> str | None:
+    """The record's video path (`"video": "clips/x.mp4"`), or None."""
+    return record.get("video")
+
+
+def num_visuals(record) -> int:
+    """How many <image> markers the record needs: one per image, one for its video."""
+    return len(image_paths(record)) + (record.get("video") is not None)
+
+
+def visual_problems(record) -> list[Problem]:
+    """The checks on a record's (or question's) 'image' and 'video' fields."""
+    image, video = record.get("image"), record.get("video")
+    if not (image is None or _is_path(image) or (isinstance(image, list) and all(map(_is_path, image)))):
+        return [Problem("malformed_record", f"'image' is {image!r}; give a relative path or a list of them")]
+    if not (video is None or _is_path(video)):
+        return [Problem("malformed_record", f"'video' is {video!r}; give one relative path to a video file")]
+    if image is not None and video is not None:
+        return [Problem("malformed_record", "has both 'image' and 'video'; a record shows images or one video, not "
+                                            "both: split it into two records")]
+    return []
+
+
 def record_problems(record) -> list[Problem]:
     """Everything wrong with a training record, errors before warnings of the same part.
 
@@ -366,10 +389,10 @@ def record_problems(record) -> list[Problem]:
     """
     if not isinstance(record, dict):
         return [Problem("malformed_record", f"is a {type(record).__name__}, not a JSON object")]
-    image = record.get("image")
-    if not (image is None or _is_path(image) or (isinstance(image, list) and all(map(_is_path, image)))):
-        return [Problem("malformed_record", f"'image' is {image!r}; give a relative path or a list of them")]
-    problems = conversation_problems(record.get("conversations"), len(image_paths(record)))
+    problems = visual_problems(record)
+    if problems:
+        return problems
+    problems = conversation_problems(record.get("conversations"), num_visuals(record))
     if record.get("id") is None:
         problems.append(Problem("missing_id", "the record has no id", warning=True))
     return problems
@@ -380,12 +403,18 @@ def _is_path(value) -> bool:
 
 
 def conversation_problems(turns, num_images: int) -> list[Problem]:
-    """The checks on a record's turns and its <image> markers (no tokenizer needed)."""
+    """The checks on a record's turns and its <image> markers (no tokenizer needed).
+
+    `num_images`: the images (a video counts as one) the markers stand for. A single image goes in the
+    first human turn; several may sit in any turn, each marker taking the next image in order.
+    """
     if not isinstance(turns, list) or not turns:
         return [Problem("malformed_record", "'conversations' must be a non-empty list of {'from', 'value'} turns")]
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or not isinstance(turn.get("from"), str):
             return [Problem("malformed_record", f"turn {i} is not a {{'from': str, 'value': str}} object")]
+    if turns[0]["from"] == "system":  # a leading system message (ShareGPT style) replaces the template's system prompt
+        return conversation_problems(turns[1:], num_images)
     problems = []
     for i, turn in enumerate(turns):
         expected = HUMAN_ROLES if i % 2 == 0 else ASSISTANT_ROLES
@@ -406,7 +435,8 @@ def conversation_problems(turns, num_images: int) -> list[Problem]:
     markers = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in turns)
     if markers > num_images or 0 < markers < num_images:
         problems.append(Problem("image_token_count", f"{markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} "
-                                                     "image(s); give one image per marker (or none at all)"))
+                                                     "image(s)/video; give one image per marker, one marker for a "
+                                                     "video (or no marker at all)"))
     elif num_images == 1 and any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns[1:]):
         problems.append(Problem("image_token_count", f"the {DEFAULT_IMAGE_TOKEN} marker must be in the first human "
                                                      "turn"))
@@ -417,7 +447,8 @@ def conversation_problems(turns, num_images: int) -> list[Problem]:
 
 
 def question_problems(record) -> list[Problem]:
-    """What is wrong with a model_vqa question record (`question_id`, `text`, optional `image`, `category`)."""
+    """What is wrong with a model_vqa question record (`question_id`, `text`, optional `image` (a path or a list
+    of them, placed at the <image> markers in `text` when it has them) or `video`, `category`)."""
     if not isinstance(record, dict):
         return [Problem("malformed_record", f"is a {type(record).__name__}, not a JSON object")]
     missing = [key for key in ("question_id", "text") if key not in record]
@@ -425,8 +456,14 @@ def question_problems(record) -> list[Problem]:
         return [Problem("malformed_record", f"lacks {missing}; each question needs question_id, image, text")]
     if not isinstance(record["text"], str):
         return [Problem("malformed_record", f"'text' is {record['text']!r}, not a string")]
-    if record.get("image") is not None and not isinstance(record["image"], str):
-        return [Problem("malformed_record", f"'image' is {record['image']!r}; give a relative path")]
+    problems = visual_problems(record)
+    if problems:
+        return problems
+    markers = record["text"].count(DEFAULT_IMAGE_TOKEN)
+    if markers and markers != num_visuals(record):
+        return [Problem("image_token_count", f"{markers} {DEFAULT_IMAGE_TOKEN} markers in 'text' but "
+                                             f"{num_visuals(record)} image(s)/video; give one image per marker, or "
+                                             "no marker (the images then go before the text)")]
     return []
 
 
@@ -553,3 +590,15 @@ class JsonLinesWriter:
 
     def __exit__(self, exc_type, exc, tb):
         return self._atomic.__exit__(exc_type, exc, tb)
+
+
+def repeated_ids(ids) -> tuple[int, str] | None:
+    """(how many ids occur more than once, "'a' x3, 'b' x2[ and N more]"), or None when none repeats; None ids
+    are left out. Training and model_vqa warn with it: a repeat may be meant, but it is never silent."""
+    from collections import Counter
+
+    repeated = [(key, n) for key, n in Counter(i for i in ids if i is not None).items() if n > 1]
+    if not repeated:
+        return None
+    shown = ", ".join(f"{key!r} x{n}" for key, n in repeated[:10])
+    return len(repeated), shown + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")

@@ -16,7 +16,7 @@ upgrade=(--upgrade)
 [[ $# -gt 0 ]] && upgrade=("$@")
 CUSTOM_COMPILE_COMMAND="bash requirements/refresh.sh" "$venv/bin/pip-compile" -q "${upgrade[@]}" \
     --strip-extras --no-emit-index-url --no-emit-find-links \
-    --extra test --extra lmms --extra report --extra data --extra eval --extra serve --extra audio --extra learning \
+    --extra test --extra lmms --extra report --extra data --extra eval --extra serve --extra audio --extra learning --extra video \
     -o requirements/cpu.txt pyproject.toml requirements/cpu.in
 rm -rf "$(dirname "$venv")"
 echo "requirements/cpu.txt: $(grep -c '^[a-z0-9]' requirements/cpu.txt) pins"

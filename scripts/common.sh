@@ -4,7 +4,8 @@
 # build tiny offline checkpoints and a generated demo dataset and run a short real job
 # (2 processes on the CPU, or every visible GPU).
 #
-#   BACKBONE        phi | llama | opt | mpt                       (default: phi)
+#   BACKBONE        a registered backbone: phi, llama, opt, mpt, qwen2, qwen3, llama3, gemma2, gemma3, phi3,
+#                   smollm2 (default: phi); names the tiny default LLM (a MODEL_PATH of yours is read as it is)
 #   MODEL_PATH      LLM checkpoint            (default: checkpoints/tiny-$BACKBONE, created if missing)
 #   VISION_TOWER    vision tower folder: CLIP, SigLIP, DINOv2 or fused (default: checkpoints/tiny-clip, created if missing)
 #   DATA_DIR        demo data root            (default: playground/data/demo, generated if missing)

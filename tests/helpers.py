@@ -190,6 +190,28 @@ def soft_capped(logits, hf_model):
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def exported_logits_diff(checkpoint: str, exported: str, model_base: str | None = None) -> float:
+    """max |logits| difference between our checkpoint and its transformers Llava export, on an image prompt."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, ours, _, _ = load_pretrained_model(str(checkpoint), model_base, device="cpu")
+    theirs = LlavaForConditionalGeneration.from_pretrained(str(exported)).eval()
+    ids = tokenizer_image_token("Look: <image>\nWhat is it?", tokenizer, return_tensors="pt")
+    tower = ours.get_vision_tower()
+    image_id = theirs.config.image_token_id
+    expanded = torch.cat([torch.full((tower.num_patches,), image_id) if t == IMAGE_TOKEN_INDEX else t.view(1) for t in ids])
+    torch.manual_seed(0)
+    image = torch.randn(1, *tower.pixel_shape)
+    with torch.no_grad():
+        a = ours(input_ids=ids[None], images=image).logits
+        b = soft_capped(theirs(input_ids=expanded[None], pixel_values=image).logits, theirs)[..., : a.shape[-1]]
+    return (a - b).abs().max().item()
+
+
 def launcher_env(tiny_llm, tiny_clip, demo_data, root, **env) -> dict:
     """Environment for scripts/*.sh: the session's tiny checkpoints and demo data, a few small steps, 2 processes."""
     return {
@@ -199,3 +221,24 @@ def launcher_env(tiny_llm, tiny_clip, demo_data, root, **env) -> dict:
         "RUN_NAME": "test", "MAX_STEPS": "2", "SAVE_STEPS": "1", "BATCH_SIZE": "2",
         "NUM_GPUS": "2", "TORCH_EXTENSIONS_DIR": str(root / "torch_extensions"), **env,
     }
+
+
+def shapes_video(path: str, frames: int = 6, size: int = 48, color=(220, 30, 30), fps: int = 4) -> str:
+    """A short MPEG-4 clip of a `color` square moving over a grey field (one position per frame), made with PyAV."""
+    import av
+    import numpy as np
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()  # the header, also for a clip of no frame
+        for i in range(frames):
+            pixels = np.full((size, size, 3), 128, dtype=np.uint8)
+            x = (i * (size // 2)) // max(frames - 1, 1)
+            pixels[size // 4 : size // 4 + size // 2, x : x + size // 2] = color
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

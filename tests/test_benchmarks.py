@@ -132,3 +132,25 @@ def test_runner_reports_missing_benchmarks_and_writes_json(tmp_path, monkeypatch
     assert saved["rows"][0]["values"] == [1.0, 1.0]
     monkeypatch.undo()
     assert runner.load_benchmark("no_such_benchmark_module") is None
+
+
+def test_smollm2_real_reads_each_stage_of_the_launcher_log_and_makes_rows(tmp_path):
+    from benchmarks import run as runner
+    from benchmarks import smollm2_real
+
+    assert runner.SUITES["pretrained"] == ("smollm2_real",) and "smollm2_real" not in runner.SUITES["cpu"]
+    log = tmp_path / "log.txt"
+    log.write_text(
+        "== training r -> /w/stage1 (1 processes, CPU, ZeRO-2)\n{'loss': '5.9', 'grad_norm': '1'}\n{'loss': '4.1'}\n"
+        "{'train_runtime': '12.0', 'train_loss': '5.0'}\n== done in 20 s: checkpoint in /w/stage1\n"
+        "== training r -> /w/stage2 (1 processes, CPU, ZeRO-2)\n{'loss': '3.0'}\n{'train_runtime': '9.0'}\n"
+        "== done in 15 s: checkpoint in /w/stage2\n"
+    )
+    stage1 = smollm2_real._training_log(str(log), "/w/stage1")
+    assert stage1 == {"steps": 2, "seconds_per_step": 6.0, "first_loss": 5.9, "last_loss": 4.1, "train_runtime": 12.0}
+    assert smollm2_real._training_log(str(log), "/w/stage2")["steps"] == 1
+    scores = {"conditions": {c: {"overall": 50.0} for c in ("real", "blank", "shuffled")},
+              "majority_baseline": {"overall": 40.0}}
+    outcome = {"config": {"pretrain_steps": 2}, "training": {"stage1": stage1, "stage2": stage1},
+               "peak_rss_mib": {"stage1": 1000.0, "stage2": 2000.0}, "scores": scores}
+    check_rows(smollm2_real.rows_for(outcome), "smollm2_real")

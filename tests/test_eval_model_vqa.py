@@ -237,6 +237,9 @@ def test_an_answers_file_of_another_model_is_refused_or_started_over(checkpoint,
     with pytest.raises(SystemExit, match=r"answers\.jsonl:1 was answered by .*llava-phi.*--overwrite-answers"):
         run(other, few, demo_data, answers)
     assert [a["metadata"]["model_path"] for a in read_jsonl(answers)] == [os.path.abspath(checkpoint)] * 3
+    with pytest.raises(SystemExit, match="unknown conversation template 'nope'"):  # a failed start keeps the file
+        run(other, few, demo_data, answers, "--overwrite-answers", "--conv-mode", "nope")
+    assert len(read_jsonl(answers)) == 3
     summary = run(other, few, demo_data, answers, "--overwrite-answers")
     assert summary["answered"] == 3 and summary["already_done"] == 0
     assert [a["metadata"]["model_path"] for a in read_jsonl(answers)] == [os.path.abspath(other)] * 3

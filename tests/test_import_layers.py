@@ -17,7 +17,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "llava"
 # Lowest first. A module belongs to the first layer one of whose names equals it or is a package above it.
 LAYERS = [
     ("ground", ["llava", "llava.constants", "llava.errors", "llava.quiet", "llava.env"]),
-    ("shared pieces", ["llava.conversation", "llava.mm_utils", "llava.records", "llava.preprocess"]),
+    ("shared pieces", ["llava.chat_template", "llava.conversation", "llava.mm_utils", "llava.video", "llava.records",
+                       "llava.preprocess"]),
     ("model", ["llava.model"]),
     ("inference", ["llava.inference"]),
     ("applications", ["llava.train", "llava.data", "llava.eval", "llava.serve", "llava.export"]),

@@ -10,6 +10,8 @@ from llava.errors import DataError
 from llava.eval.model_vqa import read_questions
 from llava.records import iter_records
 from llava.train.dataset import LazySupervisedDataset
+from llava.video import VideoSettings
+from helpers import shapes_video
 
 
 def human(text, role="human"):
@@ -38,7 +40,9 @@ RECORDS = {
     "last question unanswered": ([rec([human("Q"), gpt("A"), human("Q2")])], True),
     "duplicate and missing ids": ([rec([human("Q"), gpt("A")]), rec([human("Q"), gpt("A")]),
                                    {"conversations": [human("Q"), gpt("A")]}], True),
-    "system turn first": ([rec([{"from": "system", "value": "Be brief."}, human("Q"), gpt("A")])], False),
+    # a leading system message replaces the template's system prompt
+    "system turn first": ([rec([{"from": "system", "value": "Be brief."}, human("Q"), gpt("A")])], True),
+    "system turn only": ([rec([{"from": "system", "value": "Be brief."}])], False),
     "answer first": ([rec([gpt("A"), human("Q")])], False),
     "unknown role": ([rec([human("Q", "person"), gpt("A")])], False),
     "missing answer": ([rec([human("Q")])], False),
@@ -58,6 +62,17 @@ RECORDS = {
     "empty image path": ([rec([human("Q"), gpt("A")], "")], False),
     "image file missing": ([rec([human("<image>\nQ"), gpt("A")], "nope.png")], False),
     "image outside the folder": ([rec([human("<image>\nQ"), gpt("A")], "../a.png")], False),
+    "interleaved images, markers in later turns": ([rec([human("<image> first?"), gpt("A"), human("and <image>?"),
+                                                        gpt("B")], ["a.png", "b.png"])], True),
+    "three markers, two images": ([rec([human("<image><image>"), gpt("A"), human("<image>"), gpt("B")],
+                                       ["a.png", "b.png"])], False),
+    "video with its marker": ([rec([human("<image>\nWhat moves?"), gpt("A")], video="v.mp4")], True),
+    "video without a marker": ([rec([human("What moves?"), gpt("A")], video="v.mp4")], True),
+    "video with two markers": ([rec([human("<image>\n<image>\nQ"), gpt("A")], video="v.mp4")], False),
+    "video and image in one record": ([rec([human("<image>\nQ"), gpt("A")], "a.png", video="v.mp4")], False),
+    "video not a path": ([rec([human("<image>\nQ"), gpt("A")], video=["v.mp4"])], False),
+    "video file missing": ([rec([human("<image>\nQ"), gpt("A")], video="nope.mp4")], False),
+    "video outside the folder": ([rec([human("<image>\nQ"), gpt("A")], video="../v.mp4")], False),
 }
 
 
@@ -68,6 +83,8 @@ def folder(tmp_path_factory):
     images.mkdir()
     for name in ("a.png", "b.png"):
         Image.new("RGB", (8, 8), "red").save(images / name)
+    shapes_video(str(images / "v.mp4"), frames=3)
+    shapes_video(str(root / "v.mp4"), frames=3)
     Image.new("RGB", (8, 8), "red").save(root / "a.png")  # what "../a.png" reaches
     return images
 
@@ -75,7 +92,8 @@ def folder(tmp_path_factory):
 def training_accepts(path, folder) -> bool:
     try:
         # The upfront checks need no tokenizer; any image processor stands for a vision tower.
-        LazySupervisedDataset(str(path), None, "phi", image_folder=str(folder), image_processor=object())
+        LazySupervisedDataset(str(path), None, "phi", image_folder=str(folder), image_processor=object(),
+                              video=VideoSettings())
     except (ValueError, FileNotFoundError):  # InvalidRecord, UnreadableRecord, DataError
         return False
     return True
@@ -113,6 +131,13 @@ QUESTIONS = {
     "question lacking id": ({"image": "a.png", "text": "Q?"}, False),
     "text not a string": ({"question_id": 1, "text": ["Q?"]}, False),
     "image not a path": ({"question_id": 1, "image": 3, "text": "Q?"}, False),
+    "question with two images at its markers": ({"question_id": 1, "image": ["a.png", "b.png"],
+                                                 "text": "Is <image> the same as <image>?"}, True),
+    "question with two images, no marker": ({"question_id": 1, "image": ["a.png", "b.png"], "text": "Same?"}, True),
+    "question with two images, one marker": ({"question_id": 1, "image": ["a.png", "b.png"], "text": "<image> Q"},
+                                             False),
+    "question with a video": ({"question_id": 1, "video": "v.mp4", "text": "What moves?"}, True),
+    "question with a video and an image": ({"question_id": 1, "video": "v.mp4", "image": "a.png", "text": "Q"}, False),
     "question not an object": ([1, "Q?"], False),
 }
 

@@ -174,7 +174,8 @@ def test_page_in_headless_chromium_answers_and_refuses_uploads(engine, transcrib
             lacks = "([id, text]) => !document.querySelector(id).innerText.includes(text)"
 
             def upload(path, expected_status):
-                if page.locator("#image input[type=file]").count() == 0:
+                # The box takes several files and adds each upload to them: clear it to show only this one.
+                if page.locator("#image button[aria-label=Clear]").count():
                     page.locator("#image button[aria-label=Clear]").click()
                 page.locator("#image input[type=file]").set_input_files(path)
                 page.wait_for_function(has, arg=["#status", expected_status], timeout=30_000)

@@ -13,11 +13,10 @@ import os
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from conftest import BACKBONES
-from helpers import soft_capped
-from llava.constants import IMAGE_TOKEN_INDEX
+from helpers import exported_logits_diff
 from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.layout import checkpoint_kind
@@ -57,17 +56,7 @@ def export_diff(checkpoint, out_dir) -> float:
     from llava.export.hf import export
 
     export(str(checkpoint), str(out_dir))
-    tokenizer, ours, _, _ = load_pretrained_model(str(checkpoint), device="cpu")
-    theirs = LlavaForConditionalGeneration.from_pretrained(str(out_dir)).eval()
-    ids = tokenizer_image_token("Look: <image>\nWhat is it?", tokenizer, return_tensors="pt")
-    n = ours.get_vision_tower().num_patches
-    image_id = theirs.config.image_token_id
-    expanded = torch.cat([torch.full((n,), image_id) if t == IMAGE_TOKEN_INDEX else t.view(1) for t in ids])
-    image = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        a = ours(input_ids=ids[None], images=image).logits
-        b = soft_capped(theirs(input_ids=expanded[None], pixel_values=image).logits, theirs)[..., : a.shape[-1]]
-    return (a - b).abs().max().item()
+    return exported_logits_diff(checkpoint, out_dir)
 
 
 @pytest.mark.slow
@@ -128,12 +117,15 @@ def test_default_attention_is_the_backbones_declared_one(backbone, tiny_llm, tin
         backbone=None, model_name_or_path=tiny_llm(backbone), attn_implementation=None, vision_tower=tiny_clip,
         mm_projector_type="linear", mm_vision_select_layer=-2, mm_vision_select_feature="patch",
         pretrain_mm_mlp_adapter=None, mm_use_im_start_end=False, mm_use_im_patch_token=False,
+        mm_patch_merge_type="flat", mm_spatial_pool_stride=2, mm_spatial_pool_mode="bilinear",
     )  # fmt: skip
     training_args = SimpleNamespace(
         bf16=False, fp16=False, bits=16, label_logits_only=False, model_max_length=64, device="cpu",
         gradient_checkpointing=False, deepspeed=None,
     )  # fmt: skip
-    model, tokenizer = build_model(model_args, SimpleNamespace(image_aspect_ratio="pad"), training_args,
+    model, tokenizer = build_model(model_args, SimpleNamespace(image_aspect_ratio="pad", image_grid_pinpoints=None,
+                                                              frames_upbound=32, force_sample=False),
+                                   training_args,
                                    frozenset({"projector"}))
     assert model.config._attn_implementation == (spec.attn_implementation or "sdpa")
     assert tokenizer.pad_token is not None and tokenizer.padding_side == "right"

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from llava.model.builder import load_pretrained_model
 from llava.model.layout import checkpoint_kind
+from llava.inference import InferenceEngine
 from llava.train.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +64,7 @@ def test_stage1_writes_projector_checkpoints_that_load(base_args, demo_data, tin
         config = json.loads((path / "config.json").read_text())
         assert config["model_type"] == "llava_phi" and config["mm_projector_type"] == "mlp2x_gelu"
         assert config["tokenizer_model_max_length"] == 256 and "quantization_config" not in config
+        assert "conv_template" not in config  # plain captions are not how the finished model is asked
         assert (path / "preprocessor_config.json").exists()
     _, model, processor, context = load_pretrained_model(str(out), tiny_llm("phi"), device="cpu")
     assert context == 256 and processor is not None
@@ -78,7 +80,7 @@ def test_stage1_writes_projector_checkpoints_that_load(base_args, demo_data, tin
 
 def test_lora_eval_loss_checkpoints_and_merge(base_args, demo_data, tiny_llm, tmp_path):
     out = tmp_path / "lora"
-    lora(base_args, demo_data, out, "--max_steps", "4", "--save_steps", "2",
+    lora(base_args, demo_data, out, "--max_steps", "4", "--save_steps", "2", "--version", "vicuna_v1",
          "--eval_data_path", demo_data["finetune"], "--eval_strategy", "steps", "--eval_steps", "2")
     evals = [e["eval_loss"] for e in log_history(out) if "eval_loss" in e]
     assert len(evals) >= 2 and all(v > 0 for v in evals)
@@ -93,10 +95,13 @@ def test_lora_eval_loss_checkpoints_and_merge(base_args, demo_data, tiny_llm, tm
         adapter = load_file(path / "adapter_model.safetensors")
         assert adapter and not any("vision_tower" in k or "mm_projector" in k or "lm_head" in k for k in adapter)
         load_pretrained_model(str(path), device="cpu")  # base taken from adapter_config.json
+    # Asked the way it was trained (not phi's default template), before and after the merge.
+    assert InferenceEngine.from_pretrained(str(out)).conv_mode == "vicuna_v1"
     merged = tmp_path / "merged"
     subprocess.run([sys.executable, os.path.join(REPO, "scripts", "merge_lora_weights.py"), "--model-path", str(out),
                     "--model-base", tiny_llm("phi"), "--save-model-path", str(merged)], check=True, capture_output=True)
     assert checkpoint_kind(str(merged)) == "full"
+    assert InferenceEngine.from_pretrained(str(merged)).conv_mode == "vicuna_v1"
     _, a, _, _ = load_pretrained_model(str(out), tiny_llm("phi"), device="cpu")
     _, b, _, _ = load_pretrained_model(str(merged), device="cpu")
     ids = torch.tensor([[1, 2, 3, 4]])

@@ -2,10 +2,11 @@
 
 Every record gets the check training applies (llava.records, so a record passes here iff training
 accepts it): well-formed JSON, turns alternating human/gpt (or user/assistant) starting with the
-human, one "<image>" marker per image or none, non-empty answers, image paths inside
---image_folder, image files that exist and decode and, given a tokenizer, the sample training
-would build (llava.preprocess) against --model_max_length (each image counts as --image_tokens
-patches). Ends with a table of problems with the first offending records; the exit status is 1
+human, one "<image>" marker per image (one for a video) or none, non-empty answers, image and
+video paths inside --image_folder, image files that exist and decode, videos that open and hold
+frames and, given a tokenizer, the sample training would build (llava.preprocess) against
+--model_max_length (each image counts as --image_tokens patches, a video as --frames_upbound frames
+pooled as training's defaults pool them). Ends with a table of problems with the first offending records; the exit status is 1
 when any error was found.
 
   python -m llava.data.validate --data_path train.json --image_folder DATA \\
@@ -32,7 +33,8 @@ from llava.data.io import format_table, image_problem, run_cli
 from llava.errors import DataError
 from llava.mm_utils import ImageOutsideFolder, image_path_in_folder
 from llava.preprocess import preprocess
-from llava.records import InvalidRecord, UnreadableRecord, image_paths, iter_records, record_problems
+from llava.records import InvalidRecord, UnreadableRecord, image_paths, iter_records, num_visuals, record_problems, video_path
+from llava.video import VideoError, VideoSettings, frame_total
 
 logger = logging.getLogger("llava.data")
 
@@ -47,6 +49,8 @@ ERRORS = {
     "image_outside_folder": "image path is absolute or climbs out of --image_folder",
     "missing_image": "image file not found under --image_folder",
     "corrupt_image": "image file does not decode",
+    "missing_video": "video file not found under --image_folder",
+    "corrupt_video": "video file does not open, or holds no frame",
     "answer_truncated_away": "cut to model_max_length no answer token is left, or the cut falls inside an image",
 }
 WARNINGS = {
@@ -125,6 +129,7 @@ def validate_records(
     max_examples: int = 5,
     progress: tqdm | None = None,
     allow_outside_image_folder: bool = False,
+    frames_upbound: int = VideoSettings.frames_upbound,
 ) -> ValidationReport:
     """Check LLaVA records; see the module docstring. Never raises for bad data: it reports it.
 
@@ -142,18 +147,20 @@ def validate_records(
     image_status: dict[str, str | None] = {}  # path -> problem (None: fine)
     pending: list[tuple[str, str]] = []  # (record ref, path) waiting for a batched check
     seen_ids: set = set()
+    videos: set = set()  # paths of videos among those checked
     probe = image_problem if check_images == "decode" else (lambda p: None if os.path.isfile(p) else "file not found")
+    video = VideoSettings(frames_upbound, side=max(1, int(image_tokens**0.5)))
 
     def flush(pool) -> None:
         new = list(dict.fromkeys(p for _, p in pending if p not in image_status))
-        for path, problem in zip(new, pool.map(probe, new)):
+        for path, problem in zip(new, pool.map(lambda p: video_problem(p) if p in videos else probe(p), new)):
             image_status[path] = problem
         report.images_checked += len(new)
         for ref, path in pending:
             problem = image_status[path]
             if problem:
-                kind = "missing_image" if problem == "file not found" else "corrupt_image"
-                report.add(kind, ref, f"{path}: {problem}")
+                kind = "missing_" if problem == "file not found" else "corrupt_"
+                report.add(kind + ("video" if path in videos else "image"), ref, f"{path}: {problem}")
         pending.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
@@ -185,19 +192,22 @@ def validate_records(
                 if key in seen_ids:
                     report.add("duplicate_id", ref)
                 seen_ids.add(key)
-            paths = image_paths(record)
+            paths = image_paths(record) + ([video_path(record)] if video_path(record) is not None else [])
             try:
                 files = [image_path_in_folder(image_folder, p, "--allow_outside_image_folder",
                                               allow_outside=allow_outside_image_folder) for p in paths]
             except ImageOutsideFolder as exc:
                 report.add("image_outside_folder", ref, str(exc))
                 continue
+            if video_path(record) is not None:
+                videos.add(files[-1])
             if image_folder and check_images != "none":
                 pending.extend((ref, path) for path in files)
                 if len(pending) >= 256:
                     flush(pool)
             if tokenizer is not None:
-                _check_length(report, ref, record, len(paths), tokenizer, version, model_max_length, image_tokens)
+                tokens = [video.tokens(frames_upbound)] if video_path(record) is not None else image_tokens
+                _check_length(report, ref, record, num_visuals(record), tokenizer, version, model_max_length, tokens)
         flush(pool)
     return report
 
@@ -213,6 +223,18 @@ def _check_length(report, ref, record, num_images, tokenizer, version, max_lengt
     report.max_length = max(report.max_length, sample.length)
     if sample.truncated:
         report.add("truncated", ref, f"{sample.length} > {max_length} tokens")
+
+
+def video_problem(path: str) -> str | None:
+    """None when the video at `path` opens and holds a frame (from its header), else a short reason."""
+    if not os.path.isfile(path):
+        return "file not found"
+    try:
+        if frame_total(path) == 0:
+            return "no frames"
+    except VideoError as exc:
+        return str(exc)
+    return None
 
 
 def validate_file(data_path: str, **kwargs) -> ValidationReport:
@@ -259,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--image_tokens", "--image-tokens", type=int, default=576, help="tokens per image (576 = CLIP-L/336 patches)"
     )
+    parser.add_argument("--frames_upbound", "--frames-upbound", type=int, default=VideoSettings.frames_upbound,
+                        help="frames a video counts as in the length check (training's --frames_upbound)")
     parser.add_argument(
         "--check_images",
         "--check-images",
@@ -314,6 +338,7 @@ def _main(argv: list[str] | None) -> int:
         num_workers=args.num_workers,
         max_examples=args.max_examples,
         allow_outside_image_folder=args.allow_outside_image_folder,
+        frames_upbound=args.frames_upbound,
     )
     print(report.table())
     sys.stdout.flush()

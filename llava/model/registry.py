@@ -100,6 +100,12 @@ def backbone_for_config(config) -> Backbone:
     return backbone_for_model_type(config.model_type)
 
 
+def trained_conv_template(config) -> str:
+    """The template a checkpoint's prompts are rendered with by default: the one it was fine-tuned with
+    (`conv_template`, written by training), else its backbone's."""
+    return getattr(config, "conv_template", None) or backbone_for_config(config).conv_template
+
+
 def check_backbone_matches(backbone: Backbone, model_type: str, argument: str = "--backbone") -> None:
     """An explicit backbone must be one that loads checkpoints of `model_type`: another family's class
     would silently drop weights it lacks (Qwen2's q/k/v biases under LLaMA) or misread the config."""

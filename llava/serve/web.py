@@ -1,4 +1,4 @@
-"""Browser demo: upload an image, ask by typing or speaking, read the answer as it streams.
+"""Browser demo: upload an image (or several, or a video), ask by typing or speaking, read the answer as it streams.
 
     python -m llava.serve.web --model-path checkpoints/llava-phi [--whisper-model whisper-tiny-dir]
 
@@ -10,7 +10,9 @@ trying the plumbing). Needs the optional dependency group `serve` (gradio, scipy
 Uploads are checked here, not by gradio: the image box takes any file, and whatever it is (not a
 picture, a decompression bomb, more pixels than `--max-image-pixels`, larger than
 `--max-upload-mb`) ends in a status-line message. Pixel counts are read from the file's header,
-so an oversized picture is refused without being decoded.
+so an oversized picture is refused without being decoded. Several pictures go with the first question,
+each at its own <image> in it when it has one per picture, else all before it; a video (a file named
+.mp4, .webm, .mov, .mkv or .avi) is shown as frames sampled as the model was trained, alone.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Callable, Iterator
 
 from llava.inference import GenerationSettings, InferenceEngine
 from llava.mm_utils import MAX_IMAGE_PIXELS, ImageTooLarge, load_image
+from llava.video import VideoError
 
 logger = logging.getLogger(__name__)
 
 NO_WHISPER = "Spoken questions need a Whisper model: restart with --whisper-model DIR (a local Whisper checkpoint)."
 PREVIEW_SIDE = 384  # the preview is a thumbnail; the model gets the full image
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +49,15 @@ def new_session() -> dict:
     return {"conv": None, "image": None, "pixels": None, "preview": None, "refused": None}
 
 
-def use_image(engine: InferenceEngine, limits: UploadLimits, image_path: str | None) -> tuple[dict, str]:
-    """A new session for the uploaded file (or for none) and the status line to show.
+def _upload_key(image_path) -> str | tuple | None:
+    """What identifies an upload (one path, several, or none) for telling whether it changed."""
+    if isinstance(image_path, (list, tuple)):
+        return tuple(image_path) or None
+    return image_path or None
+
+
+def use_image(engine: InferenceEngine, limits: UploadLimits, image_path: str | list | None) -> tuple[dict, str]:
+    """A new session for the uploaded file(s) (or for none) and the status line to show.
 
     Every change of picture (a new one, a refused one, none) starts a new conversation, so no
     question is ever answered from the previous picture's conversation. A refused upload leaves a
@@ -54,8 +65,10 @@ def use_image(engine: InferenceEngine, limits: UploadLimits, image_path: str | N
     removed or Reset is pressed.
     """
     session = new_session()
-    if not image_path:
+    if not _upload_key(image_path):
         return session, ""
+    if isinstance(image_path, (list, tuple)):
+        return _use_several(engine, limits, list(image_path))
     session["image"] = image_path
     name = os.path.basename(image_path)
     try:
@@ -83,6 +96,45 @@ def use_image(engine: InferenceEngine, limits: UploadLimits, image_path: str | N
     return session, f"🖼️ {name} ({image.width} x {image.height}): ask a question about it."
 
 
+def _use_several(engine: InferenceEngine, limits: UploadLimits, paths: list[str]) -> tuple[dict, str]:
+    """Several uploads (each checked as one is), or a video; the session's pixels are then a list, one per marker."""
+    videos = [p for p in paths if p.lower().endswith(VIDEO_SUFFIXES)]
+    if len(paths) == 1 and not videos:
+        session, status = use_image(engine, limits, paths[0])
+        session["image"] = tuple(paths)
+        return session, status
+    session = new_session()
+    session["image"] = tuple(paths)
+    if videos:
+        name = os.path.basename(videos[0])
+        if len(paths) > 1:
+            session["refused"] = "A video goes alone: upload one video, or pictures only."
+        elif os.path.getsize(videos[0]) > limits.max_bytes:
+            session["refused"] = f"{name} is larger than {_size(limits.max_bytes)}; upload a smaller one."
+        else:
+            try:
+                frames = engine.process_video(videos[0])
+                session["pixels"] = [frames]
+            except (OSError, ValueError) as exc:
+                session["refused"] = f"{name}: {exc}. Upload another video." if isinstance(exc, VideoError) else (
+                    f"{name} could not be read. Upload it again.")
+        if session["refused"]:
+            logger.info("refused upload %s: %s", name, session["refused"])
+            return session, f"⚠️ {session['refused']}"
+        return session, f"🎞️ {name} ({len(frames.pixels)} frames): ask a question about it."
+    pixels, previews = [], []
+    for path in paths:
+        one, status = use_image(engine, limits, path)
+        if one["refused"]:
+            session["refused"] = one["refused"]
+            return session, status
+        pixels.append(one["pixels"])
+        previews.append(one["preview"])
+    session["pixels"], session["preview"] = pixels, previews[0]
+    names = ", ".join(os.path.basename(p) for p in paths)
+    return session, f"🖼️ {len(paths)} pictures ({names}): ask about them; write <image> where each goes, or not."
+
+
 def respond(
     engine: InferenceEngine,
     settings: GenerationSettings,
@@ -103,7 +155,7 @@ def respond(
     history = list(history or [])
     session = dict(session or new_session())
     status = ""
-    if (image_path or None) != session["image"]:  # the upload's own event has not run (or an API call)
+    if _upload_key(image_path) != _upload_key(session["image"]):  # the upload's own event has not run (or an API call)
         session, _ = use_image(engine, UploadLimits(max_upload_bytes, max_pixels), image_path)  # refusals below
         history = []
 
@@ -141,7 +193,9 @@ def respond(
     else:
         first_with_image = False
     conv = session["conv"]
-    engine.add_user_turn(conv, question, has_image=first_with_image)
+    several = isinstance(session["pixels"], list)
+    shown = (len(session["pixels"]) if several else 1) if first_with_image else 0
+    engine.add_user_turn(conv, question, has_image=shown)
     try:
         prepared = engine.prepare(conv, session["pixels"])
     except ValueError as exc:  # conversation too long for the model's context
@@ -173,7 +227,7 @@ def build_demo(
     limits = UploadLimits(max_upload_mb * 2**20, max_image_pixels)
 
     def on_image(image, session):
-        if (image or None) == (session or new_session())["image"]:
+        if _upload_key(image) == _upload_key((session or new_session())["image"]):
             return gr.skip(), session, session["preview"], gr.skip()  # already taken in by a question
         session, status = use_image(engine, limits, image)
         return [], session, session["preview"], status
@@ -186,13 +240,15 @@ def build_demo(
         return [], new_session(), "", None, None, None, ""
 
     with gr.Blocks(title="LLaVA demo", analytics_enabled=False) as demo:
-        gr.Markdown("## LLaVA: ask about an image\nUpload a picture, then type a question or record one.")
+        gr.Markdown("## LLaVA: ask about an image\nUpload a picture (or several, or a video), then type a question "
+                    "or record one.")
         session = gr.State(new_session())
         with gr.Row():
             with gr.Column(scale=1):
                 # A plain file box: gradio's image box decodes uploads itself, before anything here can
                 # refuse a file that is not a picture or is too large to decode.
-                image = gr.File(label="Image (JPEG, PNG, WebP, ...)", type="filepath", elem_id="image")
+                image = gr.File(label="Image(s) (JPEG, PNG, WebP, ...) or a video (MP4, WebM, ...)", type="filepath",
+                                file_count="multiple", elem_id="image")
                 preview = gr.Image(label="Preview", interactive=False, elem_id="preview", height=200)
                 audio = gr.Audio(
                     sources=["upload", "microphone"],
@@ -225,7 +281,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-base", default=None, help="base LLM for LoRA / stage-1 projector checkpoints")
-    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the backbone's)")
+    parser.add_argument("--conv-mode", default=None, help="conversation template (default: the one the checkpoint was trained with, else the backbone's)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes the demo to the network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--whisper-model", default=None, help="local Whisper checkpoint directory for spoken questions")

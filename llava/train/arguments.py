@@ -10,6 +10,7 @@ import transformers
 
 from llava.mm_utils import MAX_IMAGE_PIXELS
 from llava.train.feature_cache import NEEDS_FROZEN_TOWER
+from llava.video import DEFAULT_FRAMES_UPBOUND, DEFAULT_POOL_MODE, DEFAULT_POOL_STRIDE
 
 TRAIN_MODULES = ("projector", "lora", "llm", "vision_tower", "lm_head")
 
@@ -21,7 +22,8 @@ class ModelArguments:
         default=None, metadata={"help": "phi, llama, opt or mpt; default: read from the checkpoint's config"}
     )
     version: str | None = field(
-        default=None, metadata={"help": "conversation template (plain for stage 1); default: the backbone's"}
+        default=None, metadata={"help": "conversation template (plain for stage 1; chat_template: the tokenizer's own "
+                                         "Jinja chat template); default: the backbone's"}
     )
     vision_tower: str = field(default=None, metadata={"help": "vision tower directory or cached name (CLIP, SigLIP, DINOv2, or a fused tower's folder)"})
     mm_projector_type: str = field(default="linear", metadata={"help": "linear, mlp2x_gelu, simple_resblock, identity"})
@@ -33,6 +35,14 @@ class ModelArguments:
         metadata={"help": "AnyRes only: how an image's tiles reach the LLM. flat (every tile's patches in turn), "
                   "spatial (the base tile, then the grid as one feature map) or spatial_unpad (LLaVA-NeXT's: that map "
                   "without its padding, a learned image_newline after each row)"},
+    )
+    mm_spatial_pool_stride: int = field(
+        default=DEFAULT_POOL_STRIDE,
+        metadata={"help": "videos: each frame's patch grid is pooled by this stride (2: a quarter of the patches; "
+                  "1: no pooling), as LLaVA-OneVision does"},
+    )
+    mm_spatial_pool_mode: str = field(
+        default=DEFAULT_POOL_MODE, metadata={"help": "videos: average, max or bilinear (OneVision's) frame pooling"}
     )
     mm_use_im_start_end: bool = field(default=False)
     mm_use_im_patch_token: bool = field(default=False)
@@ -64,6 +74,13 @@ class DataArguments:
         default=None,
         metadata={"help": "AnyRes canvases (width, height) in pixels, e.g. '[(336, 672), (672, 336), (672, 672)]', "
                   "or in tiles of the tower's input, e.g. '(1x1),...,(3x3)'"},
+    )
+    frames_upbound: int = field(
+        default=DEFAULT_FRAMES_UPBOUND,
+        metadata={"help": "videos: at most this many frames, evenly spaced (all of a shorter video's)"},
+    )
+    force_sample: bool = field(
+        default=False, metadata={"help": "videos: always exactly --frames_upbound frames (a short video repeats frames)"}
     )
     lazy_preprocess: bool = field(
         default=True, metadata={"help": "tokenise and load images per step; False tokenises every record upfront"}

@@ -4,6 +4,9 @@ Each image comes as pixels ("images") or, with a vision feature cache, as the to
 output ("image_features", (n, patches, hidden)). With AnyRes an image is several tiles (rows of
 those tensors) and samples also carry each image's (width, height) ("image_sizes", which the model
 lays the tiles out by) and its positions in the LLM ("image_tokens", which packing counts).
+A video is its sampled frames (rows of the same tensors) behind one marker; its sample carries
+"video_frames" (per marker) and the batch then says, for every marker, how many frames it is
+(0: an image).
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class DataCollatorForSupervisedDataset:
         sizes = [size for x in ordered for size in x.get("image_sizes", ())]
         if sizes:
             batch["image_sizes"] = torch.tensor(sizes, dtype=torch.long)
+        if any("video_frames" in x for x in ordered):
+            frames = [n for x in ordered for n in x.get("video_frames", [0] * self._markers(x))]
+            batch["video_frames"] = torch.tensor(frames, dtype=torch.long)
         # Text-only batches still get an empty tensor, so the model runs its vision modules first (on a
         # placeholder) on every rank and ZeRO-2/3 ranks stay in lockstep (LlavaMetaForCausalLM._in_lockstep).
         if self.feature_shape is not None:
@@ -108,9 +114,13 @@ class DataCollatorForSupervisedDataset:
             raise ValueError("packing needs max_length (--model_max_length), the longest row it may build")
         return [[instances[i] for i in row] for row in balanced_rows([self.positions(x) for x in instances], self.max_length)]
 
+    @staticmethod
+    def _markers(instance: dict) -> int:
+        return int((instance["input_ids"] == IMAGE_TOKEN_INDEX).sum())
+
     def positions(self, instance: dict) -> int:
         """Positions the sample fills in the LLM: its tokens, each image marker expanded to its image's tokens."""
-        markers = int((instance["input_ids"] == IMAGE_TOKEN_INDEX).sum())
+        markers = self._markers(instance)
         tokens = instance.get("image_tokens")
         expanded = sum(tokens) if tokens is not None else markers * self.image_tokens
         return len(instance["input_ids"]) - markers + expanded

@@ -2,6 +2,7 @@
 
 With a vision feature cache (llava.train.feature_cache) a sample carries its images' cached
 tower outputs ("image_features") instead of pixels ("images"), and no image is decoded.
+A video record's frames are rows of those tensors too, and "video_frames" says how many.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from llava.mm_utils import (
     process_images,
 )
 from llava.preprocess import Sample, preprocess, sequence_lengths
-from llava.records import InvalidRecord, UnreadableRecord, image_paths, raise_first_error, read_records, record_problems
+from llava.records import (
+    InvalidRecord, UnreadableRecord, image_paths, num_visuals, raise_first_error, read_records, record_problems,
+    repeated_ids, video_path,
+)
 from llava.train.feature_cache import FeatureCache, UnreadableImage
+from llava.video import VideoError, VideoSettings, frame_total, load_frames, process_frames
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +44,13 @@ class DataStats:
         self.skipped[error.kind] = self.skipped.get(error.kind, 0) + 1
 
 
-def warn_duplicate_ids(records: list, data_path: str) -> list:
+def warn_duplicate_ids(records: list, data_path: str) -> None:
     """Records sharing an `id` are trained as given (a repeat may be on purpose), but never silently."""
-    seen, repeated = set(), {}
-    for record in records:
-        record_id = record.get("id")
-        if record_id is None:
-            continue
-        key = str(record_id)
-        if key in seen:
-            repeated[key] = repeated.get(key, 1) + 1
-        seen.add(key)
-    if repeated:
-        shown = ", ".join(f"{key!r} x{n}" for key, n in list(repeated.items())[:10])
-        more = f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
-        logger.warning("%s: %d record id(s) appear more than once (%s%s); each copy is trained on. Remove the "
+    repeats = repeated_ids(record.get("id") for record in records)
+    if repeats:
+        logger.warning("%s: %d record id(s) appear more than once (%s); each copy is trained on. Remove the "
                        "repeats if they are not meant to weigh double (python -m llava.data.validate lists them)",
-                       data_path, len(repeated), shown, more)
-    return list(repeated)
+                       data_path, *repeats)
 
 
 class LazySupervisedDataset(Dataset):
@@ -79,11 +73,14 @@ class LazySupervisedDataset(Dataset):
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         allow_outside_image_folder: bool = False,
         anyres: AnyRes | None = None,
+        video: VideoSettings | None = None,
     ):
         """`anyres`: the model's AnyRes settings; each image then fills `anyres.tokens(its size)` positions
-        instead of `image_tokens`, and its pixels are its tiles."""
+        instead of `image_tokens`, and its pixels are its tiles. `video`: how the model samples and pools
+        videos (records with a "video" are refused without it)."""
         self.tokenizer = tokenizer
         self.anyres = anyres
+        self.video = video
         self.template = template
         self.image_folder = image_folder or ""
         self.image_processor = image_processor
@@ -129,12 +126,18 @@ class LazySupervisedDataset(Dataset):
             try:
                 raise_first_error(record_id, record_problems(record))
                 paths = image_paths(record)
-                if paths and self.image_processor is None:
+                if num_visuals(record) and self.image_processor is None:
                     raise InvalidRecord(record_id, "has an image but the model has no vision tower", "no_vision_tower")
+                if video_path(record) is not None and self.video is None:
+                    raise InvalidRecord(record_id, "has a video but no video settings were given", "no_video_settings")
                 for path in paths:
                     full = self._image_file(record_id, path)
                     if not os.path.isfile(full):
                         raise InvalidRecord(record_id, f"image {full} does not exist; check --image_folder", "missing image")
+                if video_path(record) is not None:
+                    full = self._image_file(record_id, video_path(record))
+                    if not os.path.isfile(full):
+                        raise InvalidRecord(record_id, f"video {full} does not exist; check --image_folder", "missing video")
             except InvalidRecord as error:
                 if not self.skip_invalid:
                     raise InvalidRecord(
@@ -157,7 +160,7 @@ class LazySupervisedDataset(Dataset):
         lengths = []
         for record in self.records:
             words = sum(len(turn["value"].split()) for turn in record["conversations"])
-            lengths.append(words + _IMAGE_LENGTH_BONUS if image_paths(record) else -words)
+            lengths.append(words + _IMAGE_LENGTH_BONUS if num_visuals(record) else -words)
         return lengths
 
     @property
@@ -174,7 +177,7 @@ class LazySupervisedDataset(Dataset):
         if self._token_lengths is None:
             logger.info("measuring the token length of %d records for length grouping", len(self.records))
             counts = sequence_lengths(
-                [(record["conversations"], len(image_paths(record)), self._record_image_tokens(record))
+                [(record["conversations"], num_visuals(record), self._record_image_tokens(record))
                  for record in self.records],
                 self.tokenizer,
                 self.template,
@@ -182,11 +185,19 @@ class LazySupervisedDataset(Dataset):
                 max_length=self.max_length,
                 image_tokens=self.image_tokens,
             )
-            self._token_lengths = [n if image_paths(r) else -n for n, r in zip(counts, self.records)]
+            self._token_lengths = [n if num_visuals(r) else -n for n, r in zip(counts, self.records)]
         return self._token_lengths
 
     def _record_image_tokens(self, record) -> list[int]:
-        """Each of the record's images' positions; AnyRes sizes come from the feature cache or the file's header."""
+        """Each of the record's images' positions; AnyRes sizes come from the feature cache or the file's header,
+        a video's frame count from the cache or the video's header."""
+        if video_path(record) is not None:
+            path = os.path.join(self.image_folder, video_path(record))
+            try:
+                frames = self.feature_cache.frames(path) if self.feature_cache is not None else self.video.num_frames(frame_total(path))
+            except (VideoError, KeyError):
+                frames = 1  # refused when its sample is built; any count will do here
+            return [self.video.tokens(frames)]
         paths = [os.path.join(self.image_folder, path) for path in image_paths(record)]
         if self.anyres is None:
             return [self.image_tokens] * len(paths)
@@ -245,6 +256,10 @@ class LazySupervisedDataset(Dataset):
         """Every image the valid records use, as paths on disk (what a feature cache must hold)."""
         return [os.path.join(self.image_folder, path) for record in self.records for path in image_paths(record)]
 
+    def video_files(self) -> list[str]:
+        """Every video the valid records use, as paths on disk."""
+        return [os.path.join(self.image_folder, video_path(r)) for r in self.records if video_path(r) is not None]
+
     def _image_file(self, record_id, path) -> str:
         try:
             return image_path_in_folder(self.image_folder, path, "--allow_outside_image_folder True",
@@ -255,6 +270,8 @@ class LazySupervisedDataset(Dataset):
     def _build(self, index: int) -> dict:
         record = self.records[index]
         record_id = record.get("id", f"#{index}")
+        if video_path(record) is not None:
+            return self._build_video(index, record, record_id)
         paths = image_paths(record)
         if self.feature_cache is not None:
             images = []
@@ -263,12 +280,25 @@ class LazySupervisedDataset(Dataset):
             images, features = [self._load_image(record_id, path) for path in paths], None
             sizes = [image.size for image in images]
         image_tokens = [self.anyres.tokens(size) for size in sizes] if self.anyres is not None else self.image_tokens
+        sample = self._preprocess(index, record, record_id, len(paths), image_tokens)
+        item = {"input_ids": sample.input_ids, "labels": sample.labels}
+        if images:
+            item["images"] = process_images(images, self.image_processor, self.model_config)
+        if features is not None:
+            item["image_features"] = features
+        if self.anyres is not None and paths:
+            # The model lays each image's tiles out by its size; packing counts each image's positions.
+            item["image_sizes"] = sizes
+            item["image_tokens"] = image_tokens
+        return item
+
+    def _preprocess(self, index: int, record, record_id, num_images: int, image_tokens) -> Sample:
         sample: Sample = preprocess(
             record["conversations"],
             self.tokenizer,
             self.template,
             record_id=record_id,
-            num_images=len(paths),
+            num_images=num_images,
             mm_use_im_start_end=self.mm_use_im_start_end,
             max_length=self.max_length,
             image_tokens=image_tokens,
@@ -279,15 +309,27 @@ class LazySupervisedDataset(Dataset):
                 "record %r: %d tokens with its images expanded, cut to --model_max_length %d; the answer tokens past "
                 "it are not learned", record_id, sample.length, self.max_length,
             )
-        item = {"input_ids": sample.input_ids, "labels": sample.labels}
-        if images:
-            item["images"] = process_images(images, self.image_processor, self.model_config)
-        if features is not None:
-            item["image_features"] = features
-        if self.anyres is not None and paths:
-            # The model lays each image's tiles out by its size; packing counts each image's positions.
-            item["image_sizes"] = sizes
-            item["image_tokens"] = image_tokens
+        return sample
+
+    def _build_video(self, index: int, record, record_id) -> dict:
+        """A video record: its sampled frames (or their cached tower outputs) behind its one marker."""
+        path = os.path.join(self.image_folder, video_path(record))
+        try:
+            if self.feature_cache is not None:
+                rows = self.feature_cache.lookup([path])
+            else:
+                frames = load_frames(path, self.video.frames_upbound, self.video.force_sample)
+                rows = process_frames(frames, self.image_processor, self.model_config)
+        except UnreadableImage as e:
+            raise InvalidRecord(record_id, str(e), e.kind) from None
+        except VideoError as e:
+            raise InvalidRecord(record_id, str(e), "corrupt video") from None
+        tokens = [self.video.tokens(len(rows))]
+        sample = self._preprocess(index, record, record_id, 1, tokens)
+        item = {"input_ids": sample.input_ids, "labels": sample.labels, "video_frames": [len(rows)], "image_tokens": tokens}
+        item["image_features" if self.feature_cache is not None else "images"] = rows
+        if self.anyres is not None:
+            item["image_sizes"] = [(0, 0)]  # a video's frames are never tiled; the model skips its entry
         return item
 
     def _cached_features(self, record_id, paths: list[str]):

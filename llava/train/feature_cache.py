@@ -10,6 +10,8 @@ Layout of the cache directory:
 
 An image is one row, or with AnyRes (--image_aspect_ratio anyres / anyres_max_N) one row per tile (its
 base tile first, then its grid), so lookups hand the model exactly what the tower would have given.
+A video is one row per sampled frame; the frame sampling (--frames_upbound, --force_sample) is part of
+the key, and each video's modification time and size are kept, so an edited video is re-read.
 
 Features are stored in the tower's dtype (bf16 as its raw uint16 bits, since numpy has no bf16),
 exactly the values the tower hands the projector. The key hashes everything that decides those
@@ -43,11 +45,12 @@ from llava.mm_utils import (
     MAX_IMAGE_PIXELS, AnyRes, ImageTooLarge, image_path_in_folder, image_size_of, is_anyres, load_image, process_images,
     processor_side,
 )
-from llava.records import image_paths, read_records, write_json
+from llava.records import image_paths, read_records, video_path, write_json
+from llava.video import VideoError, VideoSettings, frame_total, load_frames, process_frames
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: rows per image (AnyRes tiles) and image sizes
+FORMAT = 3  # 2: rows per image (AnyRes tiles) and image sizes; 3: videos' frames
 INDEX = "index.json"
 # numpy has no bfloat16: such features are stored as their raw 16 bits and viewed back on read.
 _NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
@@ -60,7 +63,7 @@ NEEDS_FROZEN_TOWER = (
 
 # -- the key -----------------------------------------------------------------------------------
 def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-              image_grid_pinpoints=None) -> dict:
+              image_grid_pinpoints=None, video: VideoSettings | None = None) -> dict:
     """Everything that decides the cached values (and which images are refused), each part readable so a
     log can name what changed."""
     anyres = is_anyres(image_aspect_ratio)
@@ -75,6 +78,8 @@ def key_parts(tower, image_processor, image_aspect_ratio: str | None, max_image_
         "max_image_pixels": max_image_pixels,
         # Caches built before load_image applied EXIF orientation hold sideways phone photos.
         "image_orientation": "exif",
+        # Which frames a video is: only for caches that hold videos (an image cache is kept when these change).
+        "video_sampling": video.sampling if video is not None else None,
     }
 
 
@@ -104,6 +109,7 @@ class FeatureCache:
         self.sizes: dict[str, list[int]] = self.index["sizes"]  # path -> [width, height]
         self.unreadable: dict[str, str] = self.index["unreadable"]
         self.too_large: set[str] = set(self.index.get("too_large", ()))
+        self.videos: dict[str, list[int]] = self.index.get("videos", {})  # path -> [mtime_ns, bytes]
         self._array = None  # opened on first use, in each data-loader worker
 
     def __getstate__(self):
@@ -123,6 +129,13 @@ class FeatureCache:
     def covers(self, paths) -> bool:
         return all(_normalise(p) in self.rows or _normalise(p) in self.unreadable for p in paths)
 
+    def frames(self, path: str) -> int:
+        """How many sampled frames (rows) the video has in the cache."""
+        key = _normalise(path)
+        if key in self.unreadable:
+            raise UnreadableImage(self.unreadable[key], "corrupt video")
+        return self.rows[key][1]
+
     def size(self, path: str) -> tuple[int, int]:
         """The image's (width, height) as it was loaded (upright)."""
         return tuple(self.sizes[_normalise(path)])
@@ -137,7 +150,8 @@ class FeatureCache:
         for path in paths:
             key = _normalise(path)
             if key in self.unreadable:
-                raise UnreadableImage(self.unreadable[key], "image too large" if key in self.too_large else "corrupt image")
+                kind = "image too large" if key in self.too_large else "corrupt video" if key in self.videos else "corrupt image"
+                raise UnreadableImage(self.unreadable[key], kind)
             if key not in self.rows:
                 raise KeyError(f"image {path} is not in the vision feature cache {self.directory}; "
                                "delete the cache folder to rebuild it")
@@ -156,8 +170,9 @@ class _PixelDataset(Dataset):
     """One image -> its pixels as the training dataset would make them (None if it cannot be read)."""
 
     def __init__(self, paths, image_processor, image_aspect_ratio, max_image_pixels=MAX_IMAGE_PIXELS,
-                 image_grid_pinpoints=None):
+                 image_grid_pinpoints=None, videos=frozenset(), video: VideoSettings | None = None):
         self.paths = paths
+        self.videos, self.video = videos, video
         self.max_image_pixels = max_image_pixels
         self.image_processor = image_processor
         # What process_images reads.
@@ -167,6 +182,12 @@ class _PixelDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
+        if self.paths[i] in self.videos:
+            try:
+                frames = load_frames(self.paths[i], self.video.frames_upbound, self.video.force_sample)
+            except VideoError as e:
+                return i, None, (str(e), False)
+            return i, (process_frames(frames, self.image_processor, self.config), None), None
         try:
             image = load_image(self.paths[i], max_pixels=self.max_image_pixels)
         except ImageTooLarge as e:
@@ -180,7 +201,7 @@ def _collate(items):
     return items
 
 
-def _stale_reason(directory: str, parts: dict, paths: list[str]) -> str | None:
+def _stale_reason(directory: str, parts: dict, paths: list[str], videos=()) -> str | None:
     """Why the cache in `directory` cannot serve `paths` with these settings; None if it can."""
     try:
         cache = FeatureCache(directory)
@@ -197,6 +218,9 @@ def _stale_reason(directory: str, parts: dict, paths: list[str]) -> str | None:
     missing = sum(1 for p in paths if not cache.covers([p]))
     if missing:
         return f"{missing} of the dataset's images are not in it"
+    changed = [p for p in videos if cache.videos.get(p) != _video_stamp(p)]
+    if changed:
+        return f"{len(changed)} video(s) changed since it was built (e.g. {changed[0]})"
     return None
 
 
@@ -206,8 +230,14 @@ def _pinpoints(value, tile: int) -> list | None:
     return [list(pair) for pair in parse_grid_pinpoints(value, tile)] if value is not None else None
 
 
-def _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpoints) -> list[int]:
-    """Rows each image takes: 1, or with AnyRes its tiles (from the file's header; 0 if unreadable)."""
+def _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpoints, videos=frozenset(),
+                    video: VideoSettings | None = None) -> list[int]:
+    """Rows each image takes: 1, or with AnyRes its tiles (from the file's header; 0 if unreadable); a video
+    its sampled frames (from its header)."""
+    if videos:
+        counts = _rows_per_image([p for p in paths if p not in videos], image_processor, image_aspect_ratio,
+                                 image_grid_pinpoints)[::-1]
+        return [_video_rows(p, video) if p in videos else counts.pop() for p in paths]
     if not is_anyres(image_aspect_ratio):
         return [1] * len(paths)
     config = types.SimpleNamespace(image_aspect_ratio=image_aspect_ratio, image_grid_pinpoints=image_grid_pinpoints)
@@ -221,14 +251,28 @@ def _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpo
     return rows
 
 
+def _video_rows(path: str, video: VideoSettings) -> int:
+    try:
+        return video.num_frames(frame_total(path))
+    except VideoError:
+        return 0  # reported as unreadable when its frames are loaded
+
+
+def _video_stamp(path: str) -> list[int]:
+    stat = os.stat(path)
+    return [stat.st_mtime_ns, stat.st_size]
+
+
 @torch.no_grad()
 def build(directory: str, tower, image_processor, image_aspect_ratio, paths: list[str], parts: dict,
-          batch_size: int = 32, num_workers: int = 0, device=None, image_grid_pinpoints=None) -> None:
-    """Run the tower over every image (every tile, with AnyRes) in `paths` and write the cache (atomically) to `directory`."""
+          batch_size: int = 32, num_workers: int = 0, device=None, image_grid_pinpoints=None, videos=frozenset(),
+          video: VideoSettings | None = None) -> None:
+    """Run the tower over every image (every tile, with AnyRes) and every video's sampled frames in `paths` and
+    write the cache (atomically) to `directory`. `videos`: which of `paths` are videos."""
     os.makedirs(directory, exist_ok=True)
     key = cache_key(parts)
     features_file = f"features-{key}.npy"
-    counts = _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpoints)
+    counts = _rows_per_image(paths, image_processor, image_aspect_ratio, image_grid_pinpoints, videos, video)
     firsts = np.cumsum([0, *counts[:-1]]).tolist() if counts else []
     shape = (sum(counts), tower.num_patches, tower.hidden_size)
     storage = _NUMPY_STORAGE[tower.dtype]
@@ -242,7 +286,7 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
     try:
         out = np.lib.format.open_memmap(tmp_features, mode="w+", dtype=storage, shape=shape)
         pixels = _PixelDataset(paths, image_processor, image_aspect_ratio, parts.get("max_image_pixels", MAX_IMAGE_PIXELS),
-                               image_grid_pinpoints)
+                               image_grid_pinpoints, videos, video)
         loader = DataLoader(pixels, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
         with tqdm(total=len(paths), desc="vision feature cache", unit="img") as progress:
             for items in loader:
@@ -252,7 +296,8 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
                 for i, (tiles, size) in good:
                     if len(tiles) != counts[i]:
                         raise RuntimeError(f"image {paths[i]} gave {len(tiles)} tiles, its header {counts[i]}")
-                    sizes[_normalise(paths[i])] = list(size)
+                    if size is not None:
+                        sizes[_normalise(paths[i])] = list(size)
                 if good:
                     features = tower(torch.cat([tiles for _, (tiles, _) in good])).to("cpu")
                     if tower.dtype == torch.bfloat16:
@@ -276,6 +321,7 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
         "dtype": str(tower.dtype).removeprefix("torch."), "shape": list(shape),
         "rows": {_normalise(p): [firsts[i], counts[i]] for i, p in enumerate(paths) if _normalise(p) not in unreadable},
         "sizes": sizes, "unreadable": unreadable, "too_large": too_large,
+        "videos": {p: _video_stamp(p) for p in sorted(videos)},
     }
     write_json(os.path.join(directory, INDEX), index, ensure_ascii=True)
     for name in os.listdir(directory):  # earlier generations, now unreferenced
@@ -284,17 +330,22 @@ def build(directory: str, tower, image_processor, image_aspect_ratio, paths: lis
 
 
 def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, build_allowed: bool = True,
-           max_image_pixels: int | None = MAX_IMAGE_PIXELS, image_grid_pinpoints=None,
-           **build_kwargs) -> FeatureCache:
-    """The cache in `directory` for these images and settings: reused when valid, else (re)built.
+           max_image_pixels: int | None = MAX_IMAGE_PIXELS, image_grid_pinpoints=None, videos=(),
+           video: VideoSettings | None = None, **build_kwargs) -> FeatureCache:
+    """The cache in `directory` for these images (and `videos`, sampled as `video` says) and settings: reused
+    when valid, else (re)built.
 
     `build_allowed=False` (ranks that waited for the main process) raises instead of building.
     """
     if tower.is_trainable:
         raise ValueError(NEEDS_FROZEN_TOWER)
-    paths = sorted({_normalise(p) for p in paths})
-    parts = key_parts(tower, image_processor, image_aspect_ratio, max_image_pixels, image_grid_pinpoints)
-    reason = _stale_reason(directory, parts, paths)
+    videos = sorted({_normalise(p) for p in videos})
+    if videos and video is None:
+        raise ValueError("caching videos needs their frame sampling (video=VideoSettings(...))")
+    paths = sorted({_normalise(p) for p in paths} | set(videos))
+    parts = key_parts(tower, image_processor, image_aspect_ratio, max_image_pixels, image_grid_pinpoints,
+                      video if videos else None)
+    reason = _stale_reason(directory, parts, paths, videos)
     if reason is None:
         logger.info("vision feature cache %s is up to date (%d images); reusing it", directory, len(paths))
     elif not build_allowed:
@@ -302,7 +353,7 @@ def ensure(directory: str, tower, image_processor, image_aspect_ratio, paths, bu
     else:
         logger.info("computing the vision feature cache in %s for %d images: %s", directory, len(paths), reason)
         build(directory, tower, image_processor, image_aspect_ratio, paths, parts, image_grid_pinpoints=image_grid_pinpoints,
-              **build_kwargs)
+              videos=frozenset(videos), video=video, **build_kwargs)
     return FeatureCache(directory)
 
 
@@ -327,6 +378,9 @@ def main(argv=None) -> None:
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS,
                         help="images with more pixels are refused before decoding (as in training)")
+    parser.add_argument("--frames_upbound", type=int, default=VideoSettings.frames_upbound,
+                        help="videos: at most this many evenly spaced frames, as training samples them")
+    parser.add_argument("--force_sample", action="store_true", help="videos: always exactly --frames_upbound frames")
     parser.add_argument("--allow_outside_image_folder", action="store_true",
                         help="accept absolute image paths and paths that climb out of --image_folder")
     args = parser.parse_args(argv)
@@ -334,11 +388,13 @@ def main(argv=None) -> None:
 
     tower = load_vision_tower(args.vision_tower, args.mm_vision_select_layer, args.mm_vision_select_feature)
     tower.to(_DTYPES[args.dtype])
-    paths = [image_path_in_folder(args.image_folder, p, "--allow_outside_image_folder",
-                                  allow_outside=args.allow_outside_image_folder)
-             for data in args.data_path for record in read_records(data) if isinstance(record, dict)
-             for p in image_paths(record)]
-    ensure(args.out, tower, tower.load_image_processor(), args.image_aspect_ratio, paths,
+    records = [record for data in args.data_path for record in read_records(data) if isinstance(record, dict)]
+    paths, videos = ([image_path_in_folder(args.image_folder, p, "--allow_outside_image_folder",
+                                           allow_outside=args.allow_outside_image_folder) for p in group]
+                     for group in ([p for r in records for p in image_paths(r)],
+                                   [video_path(r) for r in records if video_path(r) is not None]))
+    ensure(args.out, tower, tower.load_image_processor(), args.image_aspect_ratio, paths, videos=videos,
+           video=VideoSettings(args.frames_upbound, args.force_sample),
            max_image_pixels=args.max_image_pixels or None, image_grid_pinpoints=args.image_grid_pinpoints,
            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device)
 

@@ -17,7 +17,7 @@ from transformers.integrations import deepspeed as hf_deepspeed
 
 from llava import env
 from llava.model.builder import ensure_pad_token
-from llava.model.llava_arch import anyres_for, load_projector_weights
+from llava.model.llava_arch import anyres_for, video_for, load_projector_weights
 from llava.model.quantization import bnb_config
 from llava.model.registry import backbone_for_checkpoint, backbone_names
 from llava.model.zero3 import full_numel, gathered, outside_zero3
@@ -43,6 +43,15 @@ def load_tokenizer(model_args, training_args, pad_token: str | None = None):
     )
     ensure_pad_token(tokenizer, pad_token)
     return tokenizer
+
+
+def check_template(template: str, model_args, training_args, backbone) -> None:
+    """'chat_template' needs the tokenizer's own chat template, usable for training: checked on the tokenizer
+    alone, before the model loads (a missing or untrainable template names the tokenizer and what to do)."""
+    from llava.conversation import get_conv_template
+
+    if template == "chat_template":
+        get_conv_template(template, load_tokenizer(model_args, training_args, backbone.pad_token))
 
 
 def lora_target_modules(model) -> str:
@@ -124,6 +133,14 @@ def build_model(model_args, data_args, training_args, modules: frozenset[str]):
         anyres_for(config, tower)  # pinpoints that do not fit the tower's tiles fail here, before any data
     except ValueError as e:
         raise ValueError(f"--image_grid_pinpoints / --mm_patch_merge_type: {e}") from None
+    # Videos (records with "video"): sampled and pooled as these say, saved so inference does the same.
+    config.frames_upbound, config.force_sample = data_args.frames_upbound, data_args.force_sample
+    config.mm_spatial_pool_stride, config.mm_spatial_pool_mode = model_args.mm_spatial_pool_stride, model_args.mm_spatial_pool_mode
+    config.mm_newline_position = "one_token"
+    try:
+        video_for(config, tower)
+    except ValueError as e:
+        raise ValueError(f"--frames_upbound / --mm_spatial_pool_stride / --mm_spatial_pool_mode: {e}") from None
     newline = getattr(model.get_model(), "image_newline", None)
     if newline is not None:
         newline.data = newline.data.to(dtype=dtype, device=training_args.device if bits in (4, 8) else newline.device)

@@ -20,9 +20,9 @@ from llava.train.arguments import check_inputs, parse_args, resolve_train_module
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train import deepspeed_cpu, feature_cache, final_model, run_record
 from llava.train.dataset import LazySupervisedDataset
-from llava.train.recipes import build_model, resolve_backbone
+from llava.train.recipes import build_model, check_template, resolve_backbone
 from llava.model.layout import checkpoint_kind
-from llava.model.llava_arch import anyres_for
+from llava.model.llava_arch import anyres_for, video_for
 from llava.train.checkpoint import TRAINER_STATE, resolve_resume, save_kind
 from llava.train.disk import explain_full_disk
 from llava.train.monitors import TrainingMonitors
@@ -66,6 +66,7 @@ def build_data(data_args, training_args, tokenizer, model, template):
         max_image_pixels=data_args.max_image_pixels or None,
         allow_outside_image_folder=data_args.allow_outside_image_folder,
         anyres=anyres,
+        video=video_for(config, tower),
         # With a feature cache, samples are built only once the cache is attached.
         lazy=data_args.lazy_preprocess or bool(training_args.vision_feature_cache),
     )
@@ -91,9 +92,11 @@ def build_data(data_args, training_args, tokenizer, model, template):
 def open_feature_cache(training_args, tower, image_processor, config, datasets, max_image_pixels):
     """The tower-output cache for every image of `datasets`: the main process (re)builds it, the others wait."""
     paths = [path for dataset in datasets for path in dataset.image_files()]
+    videos = [path for dataset in datasets for path in dataset.video_files()]
     with training_args.main_process_first(desc="vision feature cache"):
         return feature_cache.ensure(
             training_args.vision_feature_cache, tower, image_processor, config.image_aspect_ratio, paths,
+            videos=videos, video=video_for(config, tower),
             build_allowed=training_args.local_process_index == 0, max_image_pixels=max_image_pixels or None,
             image_grid_pinpoints=getattr(config, "image_grid_pinpoints", None),
             num_workers=training_args.dataloader_num_workers, device=training_args.device,
@@ -138,6 +141,7 @@ def train(args=None, attn_implementation=None):
     modules = resolve_train_modules(model_args, training_args)
     backbone = resolve_backbone(model_args)
     template = model_args.version or backbone.conv_template
+    check_template(template, model_args, training_args, backbone)
     if training_args.packing and backbone.model_class.packing_unsupported:
         reason = backbone.model_class.packing_unsupported
         raise ValueError(f"--packing True does not work with the {backbone.name} backbone: {reason}")
@@ -153,6 +157,8 @@ def train(args=None, attn_implementation=None):
     _init_distributed(training_args)
     transformers.set_seed(training_args.seed)  # identical projector init on every rank
     model, tokenizer = build_model(model_args, data_args, training_args, modules)
+    if template != "plain":  # stage 1's bare captions are not how the finished model is asked questions
+        model.config.conv_template = template  # inference and the export default to it
     train_dataset, eval_dataset, image_processor, collator = build_data(
         data_args, training_args, tokenizer, model, template
     )
