@@ -9,14 +9,17 @@ and is scored by `llava.eval.image_ablation` (real, blank and shuffled images, p
 beside the majority answer), with the training wall time and the machine's load average around it:
 
     pad      one padded view per image (the preset's 32-px tower sees the 64-px image halved)
-    anyres   AnyRes in both stages: 2x2 tiles of the 32-px tower plus the base view
-             (--image_aspect_ratio anyres --mm_patch_merge_type spatial_unpad, pinpoints (1x1),...,(2x2))
+    anyres   AnyRes in both stages (IMAGE_ASPECT_RATIO=anyres: 2x2 tiles of the 32-px tower, the image at its
+             own resolution, beside the base view; spatial_unpad, pinpoints (1x1),...,(2x2))
 
-    python -m benchmarks.small_objects [--cases pad,anyres] [--steps 1000] [--caption-steps 1000] [--work DIR]
+Both cases read the frozen tower's outputs from a feature cache (FEATURE_CACHE, built in the first stage's
+time: one tower pass per image and tile), as docs/training.md's recipe does.
+
+    python -m benchmarks.small_objects [--cases pad,anyres] [--steps 1300] [--caption-steps 500] [--work DIR]
     python -m benchmarks.small_objects --probes      # shape probes on frozen random towers (minutes, no LLM)
     python -m benchmarks.run --suite learning --only small_objects
 
-pad takes about 15 minutes on a 2-core CPU, anyres about 25. Wall times depend on what else runs on the
+pad takes about 10 minutes on a 2-core CPU, anyres about 15. Wall times depend on what else runs on the
 machine: the load average is printed beside them.
 """
 
@@ -33,11 +36,11 @@ import time
 from benchmarks.common import REPO, make_row
 
 NAME = "small_objects"
-ANYRES_ARGS = "--image_aspect_ratio anyres --mm_patch_merge_type spatial_unpad --image_grid_pinpoints (1x1),...,(2x2)"
 CASES = {
     "pad": {},
-    "anyres": {"EXTRA": ANYRES_ARGS},
+    "anyres": {"IMAGE_ASPECT_RATIO": "anyres"},
 }
+CAPTION_STEPS, QUESTION_STEPS = 500, 1300
 ACCURACY_TARGET = ">= 90"
 
 
@@ -54,16 +57,19 @@ def _train(script: str, launch: dict, env: dict, log_path: str, what: str) -> fl
     return time.perf_counter() - start
 
 
-def run_case(case: str, data: dict, work: str, steps: int | None, caption_steps: int = 0, log=print) -> dict:
+def run_case(case: str, data: dict, work: str, steps: int | None, caption_steps: int = 0, log=print,
+             seed: int = 0) -> dict:
     """Train one case (after `caption_steps` of captions first, when > 0) and score it with image_ablation."""
     name = f"{case}+captions" if caption_steps else case
     root = os.path.join(work, name)
     os.makedirs(root, exist_ok=True)
     log_path = os.path.join(root, "log.txt")
-    env = {**os.environ, "PYTHONPATH": REPO, "TOKENIZERS_PARALLELISM": "false"}
-    extra = CASES[case].get("EXTRA", "")
+    # The case alone decides the view: a launcher variable left in the caller's environment must not leak in.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("IMAGE_ASPECT_RATIO", "GRID_PINPOINTS", "FEATURE_CACHE")}
+    env = {**inherited, "PYTHONPATH": REPO, "TOKENIZERS_PARALLELISM": "false"}
     common_launch = {"PRESET": "scratch", "DATA_DIR": os.path.dirname(data["finetune"]), "SAVE_STEPS": "100000",
-                     "EXTRA_ARGS": f"{extra} --save_strategy no --seed 0"}
+                     "FEATURE_CACHE": os.path.join(root, "feature-cache"), **CASES[case],
+                     "EXTRA_ARGS": f"--save_strategy no --seed {seed}"}
     checkpoint = os.path.join(root, "checkpoint")
     launch = {**common_launch, "RUN_NAME": f"small-objects-{case}", "OUTPUT_DIR": checkpoint,
               **({"MAX_STEPS": str(steps)} if steps else {})}
@@ -133,8 +139,8 @@ def make_data(work: str) -> dict:
     return small_objects.generate(os.path.join(work, "data"))
 
 
-def run(suite: str = "learning", repeats: int = 1, cases=tuple(CASES), work: str | None = None, steps: int = 1000,
-        caption_steps: int = 1000, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> list[dict]:
+def run(suite: str = "learning", repeats: int = 1, cases=tuple(CASES), work: str | None = None,
+        steps: int = QUESTION_STEPS, caption_steps: int = CAPTION_STEPS, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> list[dict]:
     """Each case with captions first, at the same steps (`repeats` is ignored: each figure is one run)."""
     work = work or tempfile.mkdtemp(prefix="llava-small-objects-")
     data = make_data(work)
@@ -219,9 +225,10 @@ def run_probes(work: str, log=print) -> list[tuple[str, float]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list among {', '.join(CASES)}")
-    parser.add_argument("--steps", type=int, default=1000, help="question-answer training steps per case")
-    parser.add_argument("--caption-steps", type=int, default=1000,
+    parser.add_argument("--steps", type=int, default=QUESTION_STEPS, help="question-answer training steps per case")
+    parser.add_argument("--caption-steps", type=int, default=CAPTION_STEPS,
                         help="caption steps before the questions (stage 1, scripts/pretrain.sh); 0: questions only")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both stages (the data is fixed)")
     parser.add_argument("--work", default=None, help="where data, checkpoints and logs go (default: a temp folder)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--probes", action="store_true",
@@ -238,7 +245,7 @@ def main(argv=None) -> int:
     data = make_data(work)
     outcomes = []
     for case in cases:
-        outcomes.append(run_case(case, data, work, args.steps, args.caption_steps))
+        outcomes.append(run_case(case, data, work, args.steps, args.caption_steps, seed=args.seed))
         print(table(outcomes), flush=True)  # the table so far: a long run's figures are not lost to a late failure
     rows = [row for o in outcomes for row in rows_for(o, args.steps)]
     if args.json:

@@ -5,8 +5,6 @@ No training here (a case takes minutes); the figures themselves are in benchmark
 
 from __future__ import annotations
 
-import shlex
-
 import torch
 
 from benchmarks import common, small_objects
@@ -37,14 +35,36 @@ def test_rows_and_table_carry_every_condition_and_question_type():
     assert "shape (r/b/s)" in table and "3.0-4.5" in table and table.count("\n") == 2
 
 
-def test_anyres_case_asks_for_tiles_and_pad_for_one_view():
-    from llava.train.arguments import parse_args
+def test_each_case_launches_both_stages_with_its_view_and_one_feature_cache(tmp_path, monkeypatch):
+    """Captions then questions from that checkpoint; AnyRes (or pad) and the cache reach both stages."""
+    import json
+    import os
+    import subprocess
 
-    base = ["--model_name_or_path", "m", "--vision_tower", "t", "--data_path", "d", "--output_dir", "o",
-            "--image_aspect_ratio", "pad"]  # the launcher's stage-2 default comes first; EXTRA_ARGS last
-    _, data_args, _ = parse_args(base + shlex.split(small_objects.CASES["anyres"]["EXTRA"]))
-    assert data_args.image_aspect_ratio == "anyres"
-    assert "EXTRA" not in small_objects.CASES["pad"]
+    launches = []
+    monkeypatch.setattr(small_objects, "_train", lambda script, launch, env, log_path, what: launches.append(
+        (script, {**env, **launch})) or 1.0)
+
+    def fake_ablation(command, **kwargs):
+        out_dir = command[command.index("--out-dir") + 1]
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "ablation.json"), "w") as f:
+            json.dump(fake_outcome("x")["ablation"], f)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(small_objects.subprocess, "run", fake_ablation)
+    data = {"finetune": str(tmp_path / "data" / "finetune.json"), "eval_questions_jsonl": "q", "image_folder": "i",
+            "eval_annotations": "a"}
+    for case, view in (("anyres", "anyres"), ("pad", None)):
+        launches.clear()
+        small_objects.run_case(case, data, str(tmp_path), 1300, caption_steps=500, log=lambda msg: None, seed=3)
+        (first, stage1), (second, stage2) = launches
+        assert (first, second) == ("scripts/pretrain.sh", "scripts/finetune.sh")
+        assert (stage1["MAX_STEPS"], stage2["MAX_STEPS"]) == ("500", "1300")
+        assert stage2["MODEL_PATH"] == stage1["OUTPUT_DIR"]  # the whole caption-stage model goes on
+        for env in (stage1, stage2):
+            assert env["PRESET"] == "scratch" and env.get("IMAGE_ASPECT_RATIO") == view
+            assert env["FEATURE_CACHE"] == stage1["FEATURE_CACHE"] and "--seed 3" in env["EXTRA_ARGS"]
 
 
 def test_shape_probe_learns_a_pattern_it_can_see():
