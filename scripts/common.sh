@@ -57,8 +57,9 @@
 #                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data) when the
 #                   objects are large; for small objects in a larger image, train on the captions first
 #                   (PRESET=scratch bash scripts/pretrain.sh trains the LLM with the projector) and start
-#                   stage 2 from that whole checkpoint (MODEL_PATH=<its OUTPUT_DIR>): at the same total
-#                   steps, questions alone left shape at chance.
+#                   stage 2 from that whole checkpoint (MODEL_PATH=<its OUTPUT_DIR>), both stages with
+#                   IMAGE_ASPECT_RATIO=anyres (the image at its own resolution in tiles) and a FEATURE_CACHE:
+#                   at the same steps, questions alone left shape at chance and one padded view at 76-82 %.
 #                   reasoning and measurements: docs/training.md, "Training small models from scratch".
 #   DECAY_STEPS     PRESET=scratch only: the last steps, over which the rate decays (default: half of MAX_STEPS)
 
