@@ -166,3 +166,29 @@ def test_converter_output_validates(tmp_path, image_folder):
     coco_captions.convert(str(captions), str(out), image_prefix="coco/", instruction="random")
     report = validate_file(str(out), image_folder=str(image_folder))
     assert report.ok and report.records == 2 and not report.counts
+
+
+def test_a_video_counts_as_the_frames_training_samples_from_it(tmp_path, gpt2_tokenizer_dir):
+    """A 3-frame clip fills 3 frames' positions, not --frames_upbound's (training samples at most the
+    frames it has); --force_sample (every video exactly frames_upbound frames) and --check_images none
+    (no file is read) count the upper bound."""
+    from helpers import shapes_video
+    from transformers import AutoTokenizer
+
+    from llava.video import VideoSettings
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shapes_video(str(folder / "clip.mp4"), frames=3)
+    records = [{"id": "clip", "video": "clip.mp4", "conversations": [human("<image>\nWhat moves?"), gpt("A square.")]}]
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
+    frame_tokens = VideoSettings(32, side=4).frame_tokens
+    assert 3 * frame_tokens + 30 < 80 < 32 * frame_tokens  # 3 frames fit in 80 positions, 32 do not
+
+    def counts(**kwargs):
+        return validate_records(records, image_folder=str(folder), tokenizer=tokenizer, version="v1",
+                                model_max_length=80, image_tokens=16, frames_upbound=32, **kwargs).counts
+
+    assert counts() == {}
+    assert counts(force_sample=True) == {"answer_truncated_away": 1}
+    assert counts(check_images="none") == {"answer_truncated_away": 1}

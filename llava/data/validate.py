@@ -5,8 +5,10 @@ accepts it): well-formed JSON, turns alternating human/gpt (or user/assistant) s
 human, one "<image>" marker per image (one for a video) or none, non-empty answers, image and
 video paths inside --image_folder, image files that exist and decode, videos that open and hold
 frames and, given a tokenizer, the sample training would build (llava.preprocess) against
---model_max_length (each image counts as --image_tokens patches, a video as --frames_upbound frames
-pooled as training's defaults pool them). Ends with a table of problems with the first offending records; the exit status is 1
+--model_max_length (each image counts as --image_tokens patches, a video as the frames training samples
+from it: its frame count read from its header, at most --frames_upbound, exactly that with
+--force_sample; --frames_upbound when files are not read, --check_images none; pooled as training's
+defaults pool them). Ends with a table of problems with the first offending records; the exit status is 1
 when any error was found.
 
   python -m llava.data.validate --data_path train.json --image_folder DATA \\
@@ -130,6 +132,7 @@ def validate_records(
     progress: tqdm | None = None,
     allow_outside_image_folder: bool = False,
     frames_upbound: int = VideoSettings.frames_upbound,
+    force_sample: bool = False,
 ) -> ValidationReport:
     """Check LLaVA records; see the module docstring. Never raises for bad data: it reports it.
 
@@ -149,7 +152,20 @@ def validate_records(
     seen_ids: set = set()
     videos: set = set()  # paths of videos among those checked
     probe = image_problem if check_images == "decode" else (lambda p: None if os.path.isfile(p) else "file not found")
-    video = VideoSettings(frames_upbound, side=max(1, int(image_tokens**0.5)))
+    video = VideoSettings(frames_upbound, force_sample, side=max(1, int(image_tokens**0.5)))
+    sampled_frames: dict[str, int] = {}  # video path -> frames training samples from it
+
+    def frames_of(path: str) -> int:
+        # The header's frame count, as training samples it; a video that cannot be read counts as the most
+        # frames it could give (its file check reports it).
+        if check_images == "none" or not image_folder:
+            return frames_upbound
+        if path not in sampled_frames:
+            try:
+                sampled_frames[path] = video.num_frames(frame_total(path))
+            except (VideoError, OSError):
+                sampled_frames[path] = frames_upbound
+        return sampled_frames[path]
 
     def flush(pool) -> None:
         new = list(dict.fromkeys(p for _, p in pending if p not in image_status))
@@ -206,7 +222,7 @@ def validate_records(
                 if len(pending) >= 256:
                     flush(pool)
             if tokenizer is not None:
-                tokens = [video.tokens(frames_upbound)] if video_path(record) is not None else image_tokens
+                tokens = [video.tokens(frames_of(files[-1]))] if video_path(record) is not None else image_tokens
                 _check_length(report, ref, record, num_visuals(record), tokenizer, version, model_max_length, tokens)
         flush(pool)
     return report
@@ -282,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--image_tokens", "--image-tokens", type=int, default=576, help="tokens per image (576 = CLIP-L/336 patches)"
     )
     parser.add_argument("--frames_upbound", "--frames-upbound", type=int, default=VideoSettings.frames_upbound,
-                        help="frames a video counts as in the length check (training's --frames_upbound)")
+                        help="the most frames training samples from a video (training's --frames_upbound); "
+                        "the length check counts each video's own frames up to it")
+    parser.add_argument("--force_sample", "--force-sample", action="store_true",
+                        help="training's --force_sample: every video counts as exactly --frames_upbound frames")
     parser.add_argument(
         "--check_images",
         "--check-images",
@@ -339,6 +358,7 @@ def _main(argv: list[str] | None) -> int:
         max_examples=args.max_examples,
         allow_outside_image_folder=args.allow_outside_image_folder,
         frames_upbound=args.frames_upbound,
+        force_sample=args.force_sample,
     )
     print(report.table())
     sys.stdout.flush()

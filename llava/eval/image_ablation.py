@@ -7,14 +7,15 @@
 
 Loads the model once and runs `llava.eval.model_vqa` three times: with the questions' own images
 (`real`), with a uniform image of the same size (`blank`) and with another question's image
-(`shuffled`, a fixed derangement). Each answers file (answers-real.jsonl, answers-blank.jsonl,
-answers-shuffle.jsonl in --out-dir) is scored with the VQA accuracy of `llava.eval.eval_okvqa`, and
-a table (per question `category` when the question file has one) is printed beside the
-majority-answer baseline: each category's most common human answer in the annotation file,
-given to every question, the accuracy of answering from the question type alone. A model that reads
-the image loses accuracy without it; one whose blank-image accuracy stays within --min-drop points of
-its real-image accuracy answers from the question alone, and the verdict says so. The table is
-also written to --out-dir/ablation.json and ablation.txt.
+(`shuffled`, a fixed derangement of the file's distinct images, through which each image of a
+multi-image question is swapped too; videos are swapped among the file's videos). Each answers file
+(answers-real.jsonl, answers-blank.jsonl, answers-shuffle.jsonl in --out-dir) is scored with the VQA
+accuracy of `llava.eval.eval_okvqa`, and a table (per question `category` when the question file has
+one) is printed beside the majority-answer baseline: each category's most common human answer in the
+annotation file, given to every question, the accuracy of answering from the question type alone. A
+model that reads the image loses accuracy without it; one whose blank-image accuracy stays within
+--min-drop points of its real-image accuracy answers from the question alone, and the verdict says
+so. The table is also written to --out-dir/ablation.json and ablation.txt.
 """
 
 from __future__ import annotations
@@ -100,9 +101,9 @@ def format_table(result: dict) -> str:
 
 def run_ablation(args) -> dict:
     questions = model_vqa.read_questions(args.question_file)
-    if len({q["image"] for q in questions if q.get("image")}) < 2:  # fail before the model loads
-        raise ValueError(f"--question-file {args.question_file}: the shuffled-image condition needs questions with at "
-                         "least 2 distinct images to swap between")
+    problem = model_vqa.shuffle_problem(questions)  # fail before the model loads
+    if problem:
+        raise ValueError(f"--question-file {args.question_file}: the shuffled-image condition {problem}")
     annotations = eval_okvqa.load_annotations(args.annotation_file)
     question_ids = {eval_okvqa._key(q["question_id"]) for q in questions}
     categories = question_categories(questions)

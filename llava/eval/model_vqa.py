@@ -13,8 +13,11 @@ checked before generation; `--skip-bad-images` answers the other questions and r
 image's question as failed (`metadata.error`).
 
 `--image-ablation blank|shuffle` asks the same questions without their images (a uniform image of the
-same size) or with another question's image, and records which in each answer's `metadata`; scored
-against the real run it shows whether the model looks at the image (`llava.eval.image_ablation`).
+same size, uniform video frames) or with another question's image, and records which in each answer's
+`metadata`; scored against the real run it shows whether the model looks at the image
+(`llava.eval.image_ablation`). The shuffle swaps every image (each of a multi-image question's too)
+through one seeded derangement of the file's distinct images, and each video through one of its
+distinct videos: `metadata.image_shown` / `video_shown` say what was shown.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import random
 import time
 import uuid
+from typing import NamedTuple
 
 from PIL import Image
 from tqdm import tqdm
@@ -47,27 +51,80 @@ ABLATIONS = ("none", "blank", "shuffle")
 
 
 # -- image ablation ------------------------------------------------------------------------------
-def shuffled_images(questions: list[dict], seed: int = 0) -> dict[str, str]:
-    """A fixed derangement of the questions' distinct images: image -> the image shown instead.
+class ShuffledMedia(NamedTuple):
+    """--image-ablation shuffle's two derangements: image -> the image shown instead, video -> the video."""
 
-    The distinct images are put in a seeded random order and each is replaced by the next one in
-    it (the last by the first): one cycle through all of them, so no image is shown in its own place,
-    and the map depends only on the set of images and the seed (every chunk of a split run derives it
-    from the whole question file and gets the same map).
+    images: dict[str, str]
+    videos: dict[str, str]
+
+
+def derangement(paths: set[str], seed: int) -> dict[str, str]:
+    """A seeded cycle through `paths`: each is replaced by the next in a random order (the last by the first).
+
+    One cycle through all of them, so none maps to itself, and the map depends only on the set and the
+    seed (every chunk of a split run derives it from the whole question file and gets the same map).
     """
-    several = [q["question_id"] for q in questions if isinstance(q.get("image"), list) or q.get("video")]
-    if several:
-        raise ValueError(f"--image-ablation shuffle swaps single images; question {several[0]!r} shows several "
-                         "images or a video")
-    images = sorted({q["image"] for q in questions if q.get("image")})
-    if len(images) < 2:
-        raise ValueError(
-            f"--image-ablation shuffle needs questions with at least 2 distinct images to swap between; "
-            f"the question file has {len(images)}"
-        )
-    order = images[:]
+    order = sorted(paths)
     random.Random(seed).shuffle(order)
-    return {image: order[(i + 1) % len(order)] for i, image in enumerate(order)}
+    return {path: order[(i + 1) % len(order)] for i, path in enumerate(order)}
+
+
+def distinct_media(questions: list[dict]) -> tuple[set[str], set[str]]:
+    """The distinct image paths (single images and those of multi-image questions alike) and video paths."""
+    return {name for q in questions for name in image_paths(q)}, {video_path(q) for q in questions if video_path(q)}
+
+
+def shuffle_problem(questions: list[dict]) -> str | None:
+    """Why the shuffle cannot swap these questions' images or videos, or None.
+
+    Images are swapped only among images and videos only among videos, so each kind a question shows
+    needs 2 distinct files in the question file; a file of text-only questions has nothing to shuffle.
+    """
+    images, videos = distinct_media(questions)
+    if len(images) < 2 and (images or not videos):
+        return (f"needs questions with at least 2 distinct images to swap between; the question file has "
+                f"{len(images)} (add questions showing other images)")
+    if len(videos) == 1:
+        return ("needs questions with at least 2 distinct videos to swap between (a video is replaced only by "
+                "another video); the question file has 1 (add questions showing other videos, or take its video "
+                "questions out of the file)")
+    return None
+
+
+def shuffled_media(questions: list[dict], seed: int = 0) -> ShuffledMedia:
+    """The derangements of the questions' distinct images (single ones and those of multi-image questions
+    alike) and, apart, of their distinct videos: no image or video is shown in its own place, and a video
+    is never replaced by an image or an image by a video."""
+    problem = shuffle_problem(questions)
+    if problem:
+        raise ValueError(f"--image-ablation shuffle {problem}")
+    images, videos = distinct_media(questions)
+    return ShuffledMedia(derangement(images, seed), derangement(videos, seed))
+
+
+def shown_question(question: dict, shuffled: ShuffledMedia) -> dict:
+    """`question` with the images and video the shuffle shows in their place.
+
+    A multi-image question keeps its number of images (its <image> markers still match), each replaced by
+    the image it maps to in the file's one derangement, so an image is swapped alike wherever it appears
+    (no image sits in its own place, though one of the question's own may land at another of its places).
+    """
+    shown = dict(question)
+    image = question.get("image")
+    if isinstance(image, (list, tuple)):
+        shown["image"] = [shuffled.images[name] for name in image]
+    elif image:
+        shown["image"] = shuffled.images[image]
+    if video_path(question):
+        shown["video"] = shuffled.videos[video_path(question)]
+    return shown
+
+
+def shown_metadata(shown: dict) -> dict:
+    """What a shuffled answer was shown, in the question's own form: `image_shown` (a path, or a list of
+    them for a multi-image question) and `video_shown`."""
+    fields = {"image_shown": shown.get("image"), "video_shown": video_path(shown)}
+    return {key: value for key, value in fields.items() if value}
 
 
 def blank_image(image: Image.Image, image_processor) -> Image.Image:
@@ -225,23 +282,22 @@ class BadImage(ValueError):
 
 def prepare_batch(
     engine: InferenceEngine, batch: list[dict], image_folder: str, max_pixels: int | None = MAX_IMAGE_PIXELS,
-    ablation: str = "none", shown: dict[str, str] | None = None,
+    ablation: str = "none", shuffled: ShuffledMedia | None = None,
 ) -> list:
     """Prompts and pixels for a batch of questions: the batch's images go through the image processor in one
     call, its prompts through the tokenizer in one call.
 
-    `ablation` 'blank' replaces each image (and each video frame) by `blank_image`; 'shuffle' loads
-    `shown[image]` instead (`shuffled_images`)."""
+    `ablation` 'blank' replaces each image (and each video frame) by `blank_image`; 'shuffle' loads the
+    images and video `shuffled` shows in their place (`shown_question`)."""
     loaded, videos = [], {}  # each question's images (PIL); question index -> its video's frames
     for index, q in enumerate(batch):
-        names = image_paths(q)
-        if ablation == "shuffle":
-            names = [(shown or {}).get(name, name) for name in names]
+        media = shown_question(q, shuffled) if ablation == "shuffle" else q
         try:
-            images = [load_image(os.path.join(image_folder, name), max_pixels=max_pixels) for name in names]
-            if video_path(q):
+            images = [load_image(os.path.join(image_folder, name), max_pixels=max_pixels)
+                      for name in image_paths(media)]
+            if video_path(media):
                 blank = (lambda frame: blank_image(frame, engine.image_processor)) if ablation == "blank" else None
-                videos[index] = engine.process_video(os.path.join(image_folder, video_path(q)), blank)
+                videos[index] = engine.process_video(os.path.join(image_folder, video_path(media)), blank)
         except (OSError, ValueError) as exc:
             reason = exc.hint("--max-image-pixels") if isinstance(exc, ImageTooLarge) else str(exc)
             raise BadImage(q["question_id"], reason) from exc
@@ -272,8 +328,8 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
     skip_bad = getattr(args, "skip_bad_images", False)
     every = read_questions(args.question_file)
     warn_duplicate_question_ids(every, args.question_file)
-    # From the whole file, before chunking: every chunk of a split run shows the same swapped images.
-    shown = shuffled_images(every, args.ablation_seed) if ablation == "shuffle" else None
+    # From the whole file, before chunking: every chunk of a split run shows the same swapped images and videos.
+    shuffled = shuffled_media(every, args.ablation_seed) if ablation == "shuffle" else None
     chunk = get_chunk(every, args.num_chunks, args.chunk_idx)
     questions = resolve_images(chunk, args.image_folder, args.skip_missing_images, args.allow_outside_image_folder)
     skipped_missing = len(chunk) - len(questions)
@@ -283,8 +339,9 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
     done = set() if overwrite else answered_ids(args.answers_file)
     todo = [q for q in questions if q["question_id"] not in done]
     max_pixels = args.max_image_pixels or None
-    bad = unreadable_images(todo if ablation != "shuffle" else [{**q, "image": shown.get(q.get("image"))}
-                                                                  for q in todo], args.image_folder, max_pixels)
+    # The images and videos this run will show: under the shuffle, other questions' ones.
+    shown = [shown_question(q, shuffled) for q in todo] if ablation == "shuffle" else todo
+    bad = unreadable_images(shown, args.image_folder, max_pixels)
     if bad and not skip_bad:
         qid, reason = next(iter(bad.items()))
         raise DataError(f"{len(bad)} question(s) have an image that cannot be read, e.g. question {qid!r}: {reason}. "
@@ -300,8 +357,8 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
 
     def answer_line(q: dict, text: str, **extra) -> str:
         metadata = {"image_ablation": ablation, "model_path": model_path, **extra}
-        if ablation == "shuffle" and q.get("image"):
-            metadata["image_shown"] = shown[q["image"]]
+        if ablation == "shuffle":
+            metadata.update(shown_metadata(shown_question(q, shuffled)))
         return json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": text,
                            "answer_id": uuid.uuid4().hex, "model_id": model_id, "metadata": metadata}) + "\n"
 
@@ -324,7 +381,7 @@ def eval_model(args, engine: InferenceEngine | None = None) -> dict:
                 if not batch:
                     break
                 try:
-                    prepared = prepare_batch(engine, batch, args.image_folder, max_pixels, ablation, shown)
+                    prepared = prepare_batch(engine, batch, args.image_folder, max_pixels, ablation, shuffled)
                     break
                 except BadImage as exc:  # damaged past its header: found only when decoded
                     if not skip_bad:
@@ -399,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--image-ablation", choices=ABLATIONS, default="none",
         help="none: the questions' images; blank: a uniform mean-grey image of the same size instead; shuffle: "
-             "another question's image (a fixed, seeded derangement of the file's distinct images)",
+             "another question's image (a fixed, seeded derangement of the file's distinct images, applied to "
+             "each image of a multi-image question) or video (one of the file's distinct videos)",
     )
     return parser
 
