@@ -15,11 +15,11 @@ beside the majority answer), with the training wall time and the machine's load 
 Both cases read the frozen tower's outputs from a feature cache (FEATURE_CACHE, built in the first stage's
 time: one tower pass per image and tile), as docs/training.md's recipe does.
 
-    python -m benchmarks.small_objects [--cases pad,anyres] [--steps 1300] [--caption-steps 500] [--work DIR]
+    python -m benchmarks.small_objects [--cases pad,anyres] [--steps 1400] [--caption-steps 600] [--work DIR]
     python -m benchmarks.small_objects --probes      # shape probes on frozen random towers (minutes, no LLM)
     python -m benchmarks.run --suite learning --only small_objects
 
-pad takes about 10 minutes on a 2-core CPU, anyres about 15. Wall times depend on what else runs on the
+pad takes about 12 minutes on a 2-core CPU, anyres about 16. Wall times depend on what else runs on the
 machine: the load average is printed beside them.
 """
 
@@ -40,7 +40,7 @@ CASES = {
     "pad": {},
     "anyres": {"IMAGE_ASPECT_RATIO": "anyres"},
 }
-CAPTION_STEPS, QUESTION_STEPS = 500, 1300
+CAPTION_STEPS, QUESTION_STEPS = 600, 1400  # the recipe of docs/training.md
 ACCURACY_TARGET = ">= 90"
 
 
