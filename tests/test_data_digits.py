@@ -101,7 +101,7 @@ def test_bad_argument_exits_with_one_line(tmp_path):
 def test_baseline_without_data_says_what_to_do(tmp_path):
     result = subprocess.run([sys.executable, "-m", "llava.data.digits", "--baseline", "--out", str(tmp_path)],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
-    assert result.returncode == 2 and "convert the data first" in result.stderr
+    assert result.returncode == 2 and "write the data first (python -m llava.data.digits --out" in result.stderr
 
 
 

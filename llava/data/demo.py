@@ -223,13 +223,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     if args.baseline:
-        paths = {key: os.path.join(args.out, name) for key, name in (("finetune", "finetune.json"), ("annotations", "eval_annotations.json"))}
-        missing = [path for path in paths.values() if not os.path.exists(path)]
-        if missing:
-            raise SystemExit(f"--baseline: {missing[0]} not found; generate the data first (python -m llava.data.demo --out {args.out})")
-        result = majority_baseline(paths["finetune"], paths["annotations"])
-        per_type = ", ".join(f"{k} {v:.2f} ('{result['answer'][k]}')" for k, v in result["per_type"].items())
-        print(f"Majority baseline: {result['overall']:.2f}  (most common training answer per question type: {per_type})")
+        vqa_layout.print_baseline(args.out, majority_baseline, f"python -m llava.data.demo --out {args.out}")
         return
     paths = generate(args.out, args.num_train, args.num_eval, args.image_size, args.seed)
     print(f"wrote demo data to {args.out}: {args.num_train} training images, {args.num_eval * 3} held-out questions")

@@ -201,14 +201,7 @@ def main(argv=None) -> None:
                         help="print the majority-answer baseline of the data in --out (writes nothing)")
     args = parser.parse_args(argv)
     if args.baseline:
-        finetune, annotations = (os.path.join(args.out, n) for n in ("finetune.json", "eval_annotations.json"))
-        for path in (finetune, annotations):
-            if not os.path.exists(path):
-                raise SystemExit(f"--baseline: {path} not found; convert the data first "
-                                 f"(python -m llava.data.digits --out {args.out})")
-        result = majority_baseline(finetune, annotations)
-        per_type = ", ".join(f"{k} {v:.2f} ('{result['answer'][k]}')" for k, v in result["per_type"].items())
-        print(f"Majority baseline: {result['overall']:.2f}  (most common training answer per question type: {per_type})")
+        vqa_layout.print_baseline(args.out, majority_baseline, f"python -m llava.data.digits --out {args.out}")
         return
     paths = convert(args.out, args.source, args.num_train, args.num_eval, args.image_size, args.seed)
     with open(paths["pretrain"]) as f:

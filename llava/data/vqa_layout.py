@@ -69,3 +69,15 @@ def majority_baseline(finetune_path: str, annotations_path: str, question_type: 
         "per_type": {kind: 100.0 * sum(h) / len(h) for kind, h in sorted(hits.items())},
         "answer": majority,
     }
+
+
+def print_baseline(out_dir: str, baseline: Callable[[str, str], dict], make_command: str) -> None:
+    """`--baseline` of the generators: print the majority baseline of the data in `out_dir`, or exit naming the
+    file that is missing and `make_command`, which writes it."""
+    finetune, annotations = (os.path.join(out_dir, n) for n in ("finetune.json", "eval_annotations.json"))
+    for path in (finetune, annotations):
+        if not os.path.exists(path):
+            raise SystemExit(f"--baseline: {path} not found; write the data first ({make_command})")
+    result = baseline(finetune, annotations)
+    per_type = ", ".join(f"{k} {v:.2f} ('{result['answer'][k]}')" for k, v in result["per_type"].items())
+    print(f"Majority baseline: {result['overall']:.2f}  (most common training answer per question type: {per_type})")
