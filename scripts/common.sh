@@ -200,6 +200,7 @@ STAGE2_ARGS=(
     --gradient_checkpointing True
 )
 [[ -n "${PROMPT_VERSION:-}" ]] && STAGE2_ARGS+=(--version "$PROMPT_VERSION")
+[[ -n "$PRETRAIN_MM_MLP_ADAPTER" ]] && STAGE2_ARGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
 # Flags of both stages, after each stage's own so that they win: AnyRes views, the feature cache.
 IMAGE_ASPECT_RATIO="${IMAGE_ASPECT_RATIO:-}"
 VIEW_ARGS=()
@@ -209,7 +210,6 @@ if [[ -n "$IMAGE_ASPECT_RATIO" ]]; then
         --mm_patch_merge_type spatial_unpad --image_grid_pinpoints "${GRID_PINPOINTS:-(1x1),...,(2x2)}")
 fi
 [[ -n "${FEATURE_CACHE:-}" ]] && VIEW_ARGS+=(--vision_feature_cache "$FEATURE_CACHE")
-[[ -n "$PRETRAIN_MM_MLP_ADAPTER" ]] && STAGE2_ARGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
 
 # Stop with the variable the user set, before DeepSpeed starts (it takes ~20 s and buries the message).
 fail() {
