@@ -153,23 +153,32 @@ def validate_records(
     videos: set = set()  # paths of videos among those checked
     probe = image_problem if check_images == "decode" else (lambda p: None if os.path.isfile(p) else "file not found")
     video = VideoSettings(frames_upbound, force_sample, side=max(1, int(image_tokens**0.5)))
-    sampled_frames: dict[str, int] = {}  # video path -> frames training samples from it
+    frame_totals: dict[str, int | VideoError] = {}  # video path -> its frame count, or why it has none
+
+    def counted_frames(path: str) -> int:
+        # Each video's header is read once, by whichever of its file check and its length check comes first.
+        if path not in frame_totals:
+            try:
+                frame_totals[path] = frame_total(path)
+            except VideoError as exc:
+                frame_totals[path] = exc
+        if isinstance(frame_totals[path], VideoError):
+            raise frame_totals[path]
+        return frame_totals[path]
 
     def frames_of(path: str) -> int:
-        # The header's frame count, as training samples it; a video that cannot be read counts as the most
-        # frames it could give (its file check reports it).
+        # The frames training samples from the video; one that cannot be read counts as the most frames it
+        # could give (its file check reports it).
         if check_images == "none" or not image_folder:
             return frames_upbound
-        if path not in sampled_frames:
-            try:
-                sampled_frames[path] = video.num_frames(frame_total(path))
-            except (VideoError, OSError):
-                sampled_frames[path] = frames_upbound
-        return sampled_frames[path]
+        try:
+            return video.num_frames(counted_frames(path))
+        except (VideoError, OSError):
+            return frames_upbound
 
     def flush(pool) -> None:
         new = list(dict.fromkeys(p for _, p in pending if p not in image_status))
-        for path, problem in zip(new, pool.map(lambda p: video_problem(p) if p in videos else probe(p), new)):
+        for path, problem in zip(new, pool.map(lambda p: video_problem(p, counted_frames) if p in videos else probe(p), new)):
             image_status[path] = problem
         report.images_checked += len(new)
         for ref, path in pending:
@@ -241,12 +250,13 @@ def _check_length(report, ref, record, num_images, tokenizer, version, max_lengt
         report.add("truncated", ref, f"{sample.length} > {max_length} tokens")
 
 
-def video_problem(path: str) -> str | None:
-    """None when the video at `path` opens and holds a frame (from its header), else a short reason."""
+def video_problem(path: str, count_frames=frame_total) -> str | None:
+    """None when the video at `path` opens and holds a frame (from its header), else a short reason;
+    `count_frames(path)` reads the frame count (`frame_total`, or a memo of it)."""
     if not os.path.isfile(path):
         return "file not found"
     try:
-        if frame_total(path) == 0:
+        if count_frames(path) == 0:
             return "no frames"
     except VideoError as exc:
         return str(exc)
